@@ -1,0 +1,628 @@
+"""The SQLite outbox: the only module that speaks SQL.
+
+Owns the database file, its migrations, the group-committed insert that
+makes ``200`` mean durable, the atomic claim with a lease that the drainer
+uses, the final-state marks, expiry, retention, and the read-only queries
+behind status pages and the CLI.
+
+Threads: every write runs on one dedicated writer thread with its own
+connection, so a commit is exactly one executor hop and writes never contend
+for SQLite's single write lock. Reads for operators (status, event lookup)
+and WAL checkpoints run on a second thread with a second connection; WAL
+mode lets them proceed while the writer commits. We use the standard
+``sqlite3`` module on these threads rather than aiosqlite because group
+commit needs a whole transaction (many inserts + COMMIT) in a single hop;
+aiosqlite hops to its thread once per statement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.resources
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import orjson
+
+from sidecar.errors import OutboxCorrupt, OutboxError, OutboxFull, OutboxWriteError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+State = Literal["pending", "delivered", "skipped", "dead"]
+FINAL_STATES: tuple[State, ...] = ("delivered", "skipped", "dead")
+
+
+@dataclass(frozen=True, slots=True)
+class NewDelivery:
+    """One destination's share of an accepted message."""
+
+    destination: str
+    state: State
+    payload: bytes | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An accepted message, mapped and ready to store."""
+
+    message_id: str
+    type: str
+    event_name: str | None
+    received_at: float
+    event_time: int
+    traceparent: str | None
+    deliveries: tuple[NewDelivery, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A delivery row leased to the drainer."""
+
+    id: int
+    message_id: str
+    payload: bytes
+    attempts: int
+    traceparent: str | None
+    event_name: str | None
+
+
+@dataclass(slots=True)
+class _Pending:
+    events: Sequence[NewEvent]
+    future: asyncio.Future[list[bool]] = field(repr=False)
+
+
+def _migrations() -> list[tuple[int, str, str]]:
+    """Numbered SQL files shipped as the ``sidecar.migrations`` package."""
+    try:
+        root: Any = importlib.resources.files("sidecar.migrations")
+        files = [(p.name, p.read_text(encoding="utf-8")) for p in root.iterdir()]
+    except ModuleNotFoundError:  # running from a source tree without install
+        src = Path(__file__).resolve().parent.parent / "migrations"
+        files = [(p.name, p.read_text(encoding="utf-8")) for p in src.iterdir()]
+    found = []
+    for name, text in files:
+        if name.endswith(".sql") and name[:4].isdigit():
+            found.append((int(name[:4]), name, text))
+    return sorted(found)
+
+
+class Outbox:
+    """A durable queue of Meta payloads, one row per message and destination."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        cap: int = 1_000_000,
+        synchronous: str = "FULL",
+        clock: Callable[[], float] = time.time,
+        resume_leases: bool = True,
+    ) -> None:
+        self.path = path
+        # Only the serving process may release leases: a CLI opening the same
+        # file beside a running sidecar must not steal its in-flight rows.
+        self._resume_leases = resume_leases
+        self.cap = cap
+        self._synchronous = synchronous
+        self._clock = clock
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="outbox-writer")
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="outbox-reader")
+        self._wcon: sqlite3.Connection | None = None
+        self._rcon: sqlite3.Connection | None = None
+        self._queue: asyncio.Queue[_Pending] | None = None
+        self._commit_task: asyncio.Task[None] | None = None
+        self.pending = 0  # pending deliveries, kept in memory for the cap check
+        self.write_failed = False  # last commit failed (disk full, I/O); cleared by a success
+        self.commits = 0
+
+    # ------------------------------------------------------------------ life
+    async def open(self) -> None:
+        """Open (creating if needed), migrate, and release leases of a dead process."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._writer, self._open_writer)
+        await loop.run_in_executor(self._reader, self._open_reader)
+        self._queue = asyncio.Queue()
+        self._commit_task = asyncio.create_task(self._commit_loop(), name="outbox-commit")
+
+    async def close(self) -> None:
+        if self._commit_task is not None:
+            self._commit_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._commit_task
+        loop = asyncio.get_running_loop()
+        if self._wcon is not None:
+            await loop.run_in_executor(self._writer, self._wcon.close)
+        if self._rcon is not None:
+            await loop.run_in_executor(self._reader, self._rcon.close)
+        self._writer.shutdown(wait=True)
+        self._reader.shutdown(wait=True)
+
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # WAL: readers never block the writer and a commit is one append + fsync.
+        con.execute("PRAGMA journal_mode=WAL")
+        # FULL fsyncs the WAL on every commit, so an acknowledged event survives
+        # power loss; group commit keeps that affordable (docs/delivery.md).
+        con.execute(f"PRAGMA synchronous={self._synchronous}")
+        con.execute("PRAGMA foreign_keys=ON")
+        con.execute("PRAGMA busy_timeout=5000")
+        return con
+
+    def _open_writer(self) -> None:
+        fresh = not self.path.exists()
+        if fresh:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
+            os.close(fd)
+        try:
+            con = self._connect()
+            # Checkpoints run on the reader thread (checkpoint()), never inside
+            # an ingest commit, so a commit's latency is one WAL append.
+            con.execute("PRAGMA wal_autocheckpoint=0")
+            con.execute("PRAGMA journal_size_limit=67108864")
+            if not fresh:
+                row = con.execute("PRAGMA quick_check").fetchone()
+                if row is None or row[0] != "ok":
+                    raise OutboxCorrupt(self._corrupt_message(str(row and row[0])))
+            self._migrate(con)
+            if self._resume_leases:
+                con.execute(
+                    "UPDATE deliveries SET leased = 0, next_attempt_at = ? "
+                    "WHERE state = 'pending' AND leased = 1",
+                    (self._clock(),),
+                )
+            self.pending = con.execute(
+                "SELECT COUNT(*) FROM deliveries WHERE state = 'pending'"
+            ).fetchone()[0]
+        except sqlite3.DatabaseError as err:
+            raise OutboxCorrupt(self._corrupt_message(str(err))) from err
+        self._wcon = con
+
+    def _corrupt_message(self, detail: str) -> str:
+        return (
+            f"outbox database {self.path} is unreadable ({detail}). It was left untouched "
+            f"as evidence: move it aside (e.g. mv {self.path} {self.path}.corrupt) and start "
+            "again to begin with an empty outbox, or restore it from a backup."
+        )
+
+    def _open_reader(self) -> None:
+        self._rcon = self._connect()
+        self._rcon.execute("PRAGMA query_only=ON")
+
+    def _migrate(self, con: sqlite3.Connection) -> None:
+        con.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+        )
+        done = {row[0] for row in con.execute("SELECT version FROM schema_migrations")}
+        for version, name, sql in _migrations():
+            if version in done:
+                continue
+            # Each migration in its own transaction: a failure leaves the
+            # previous version intact.
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _statements(sql):
+                    con.execute(statement)
+                con.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?, ?)", (version, name, time.time())
+                )
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            log.info("applied migration %s", name)
+
+    async def _on_writer(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
+
+    async def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` inside BEGIN IMMEDIATE … COMMIT on the writer thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writer, self._write, fn)
+
+    async def _on_reader(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._reader, fn, *args)
+
+    # ---------------------------------------------------------------- ingest
+    @property
+    def over_cap(self) -> bool:
+        return self.pending >= self.cap
+
+    async def add(self, events: Sequence[NewEvent]) -> list[bool]:
+        """Store events durably; True per event that is new, False for a duplicate.
+
+        Returns only after the COMMIT that holds them. Concurrent calls share
+        one commit (group commit): the commit loop takes every request that
+        queued while the previous commit ran.
+        """
+        if self.over_cap:
+            raise OutboxFull(f"outbox holds {self.pending} pending deliveries (cap {self.cap})")
+        assert self._queue is not None, "outbox is not open"
+        future: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(events, future))
+        return await future
+
+    async def _commit_loop(self) -> None:
+        assert self._queue is not None
+        while True:
+            group = [await self._queue.get()]
+            while not self._queue.empty():
+                group.append(self._queue.get_nowait())
+            try:
+                results = await self._on_writer(self._insert, [p.events for p in group])
+            except OutboxError as err:
+                for item in group:
+                    if not item.future.done():
+                        item.future.set_exception(err)
+                continue
+            for item, result in zip(group, results, strict=True):
+                if not item.future.done():
+                    item.future.set_result(result)
+
+    def _insert(self, groups: list[Sequence[NewEvent]]) -> list[list[bool]]:
+        con = self._wcon
+        assert con is not None
+        added_pending = 0
+        out: list[list[bool]] = []
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            for events in groups:
+                flags = []
+                for ev in events:
+                    new, pending = self._insert_one(con, ev)
+                    flags.append(new)
+                    added_pending += pending
+                out.append(flags)
+            con.execute("COMMIT")
+        except sqlite3.Error as err:
+            with contextlib.suppress(sqlite3.Error):
+                con.execute("ROLLBACK")
+            self.write_failed = True
+            raise OutboxWriteError(f"outbox write failed: {err}") from err
+        self.write_failed = False
+        self.pending += added_pending
+        self.commits += 1
+        return out
+
+    @staticmethod
+    def _insert_one(con: sqlite3.Connection, ev: NewEvent) -> tuple[bool, int]:
+        row = con.execute(
+            "INSERT INTO events "
+            "(message_id, type, event_name, received_at, event_time, traceparent) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (message_id) DO NOTHING RETURNING id",
+            (ev.message_id, ev.type, ev.event_name, ev.received_at, ev.event_time, ev.traceparent),
+        ).fetchone()
+        if row is None:
+            return False, 0
+        con.executemany(
+            "INSERT INTO deliveries (event_id, destination, state, payload, event_time, "
+            "next_attempt_at, reason, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (row[0], d.destination, d.state, d.payload, ev.event_time, ev.received_at,
+                 d.reason, ev.received_at)
+                for d in ev.deliveries
+            ],
+        )
+        return True, sum(1 for d in ev.deliveries if d.state == "pending")
+
+    # --------------------------------------------------------------- drainer
+    async def claim(
+        self, destination: str, limit: int, *, now: float, lease: float, oldest_event_time: float
+    ) -> list[Claimed]:
+        """Lease up to ``limit`` due deliveries of one destination, oldest first."""
+        return await self._on_writer(
+            self._claim, destination, limit, now, lease, oldest_event_time
+        )
+
+    def _claim(
+        self, destination: str, limit: int, now: float, lease: float, oldest: float
+    ) -> list[Claimed]:
+        con = self._wcon
+        assert con is not None
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            rows = con.execute(
+                "UPDATE deliveries SET leased = 1, attempts = attempts + 1, "
+                "next_attempt_at = ?, updated_at = ? WHERE id IN ("
+                " SELECT id FROM deliveries WHERE destination = ? AND state = 'pending'"
+                " AND next_attempt_at <= ? AND event_time >= ?"
+                " ORDER BY next_attempt_at, id LIMIT ?) "
+                "RETURNING id, event_id, payload, attempts",
+                (now + lease, now, destination, now, oldest, limit),
+            ).fetchall()
+            meta: dict[int, tuple[str, str | None, str | None]] = {}
+            if rows:
+                ids = orjson.dumps([r[1] for r in rows]).decode()
+                for eid, mid, tp, name in con.execute(
+                    "SELECT id, message_id, traceparent, event_name FROM events "
+                    "WHERE id IN (SELECT value FROM json_each(?))",
+                    (ids,),
+                ):
+                    meta[eid] = (mid, tp, name)
+            con.execute("COMMIT")
+        except sqlite3.Error as err:
+            with contextlib.suppress(sqlite3.Error):
+                con.execute("ROLLBACK")
+            raise OutboxWriteError(f"claim failed: {err}") from err
+        rows.sort(key=lambda r: r[0])
+        return [
+            Claimed(r[0], meta[r[1]][0], r[2], r[3], meta[r[1]][1], meta[r[1]][2]) for r in rows
+        ]
+
+    async def mark_delivered(self, ids: Iterable[int], *, now: float) -> None:
+        # The payload is dropped at once: it holds the client IP and user agent.
+        await self._final(list(ids), "delivered", now, None, None)
+
+    async def mark_dead(
+        self, ids: Iterable[int], *, now: float, reason: str, error: dict[str, Any] | None = None
+    ) -> None:
+        await self._final(list(ids), "dead", now, reason, error)
+
+    async def _final(
+        self, ids: list[int], state: State, now: float, reason: str | None,
+        error: dict[str, Any] | None,
+    ) -> None:
+        if not ids:
+            return
+        err = orjson.dumps(error).decode() if error else None
+        drop_payload = state == "delivered"
+
+        def run(con: sqlite3.Connection) -> int:
+            cur = con.execute(
+                "UPDATE deliveries SET state = ?, leased = 0, reason = ?, "
+                "last_error = coalesce(?, last_error), updated_at = ?, "
+                "payload = CASE WHEN ? THEN NULL ELSE payload END "
+                "WHERE id IN (SELECT value FROM json_each(?)) AND state = 'pending'",
+                (state, reason, err, now, drop_payload, orjson.dumps(ids).decode()),
+            )
+            return cur.rowcount
+
+        changed = await self._transaction(run)
+        self.pending -= changed
+
+    async def mark_retry(
+        self, ids: Iterable[int], *, now: float, next_attempt_at: Sequence[float] | float,
+        error: dict[str, Any] | None, refund_attempt: bool = False,
+    ) -> None:
+        """Release leased rows for another attempt at ``next_attempt_at``.
+
+        ``refund_attempt`` gives the attempt back (a paused destination's
+        probe should not count against the event).
+        """
+        idl = list(ids)
+        if not idl:
+            return
+        times = (
+            [float(next_attempt_at)] * len(idl)
+            if isinstance(next_attempt_at, int | float)
+            else list(next_attempt_at)
+        )
+        err = orjson.dumps(error).decode() if error else None
+        refund = 1 if refund_attempt else 0
+
+        def run(con: sqlite3.Connection) -> int:
+            con.executemany(
+                "UPDATE deliveries SET leased = 0, next_attempt_at = ?, "
+                "last_error = coalesce(?, last_error), updated_at = ?, "
+                "attempts = attempts - ? WHERE id = ? AND state = 'pending'",
+                [(t, err, now, refund, i) for i, t in zip(idl, times, strict=True)],
+            )
+            return 0
+
+        await self._transaction(run)
+
+    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        con = self._wcon
+        assert con is not None
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            result = fn(con)
+            con.execute("COMMIT")
+        except sqlite3.Error as err:
+            with contextlib.suppress(sqlite3.Error):
+                con.execute("ROLLBACK")
+            raise OutboxWriteError(f"outbox write failed: {err}") from err
+        return result
+
+    async def expire(self, *, now: float, oldest_event_time: float) -> list[str]:
+        """Dead-letter pending, unleased deliveries whose event is too old for Meta."""
+
+        def run(con: sqlite3.Connection) -> list[str]:
+            rows = con.execute(
+                "UPDATE deliveries SET state = 'dead', reason = ?, updated_at = ? "
+                "WHERE state = 'pending' AND leased = 0 AND event_time < ? RETURNING destination",
+                ("expired: older than Meta's 7-day limit before it could be delivered",
+                 now, oldest_event_time),
+            ).fetchall()
+            return [str(r[0]) for r in rows]
+
+        expired = await self._transaction(run)
+        self.pending -= len(expired)
+        return expired
+
+    async def purge(self, *, now: float, delivered_age: float, dead_age: float) -> int:
+        """Delete final rows past their retention, then events left without rows."""
+
+        def run(con: sqlite3.Connection) -> int:
+            n = con.execute(
+                "DELETE FROM deliveries WHERE "
+                "(state IN ('delivered', 'skipped') AND updated_at < ?) "
+                "OR (state = 'dead' AND updated_at < ?)",
+                (now - delivered_age, now - dead_age),
+            ).rowcount
+            con.execute(
+                "DELETE FROM events WHERE NOT EXISTS "
+                "(SELECT 1 FROM deliveries d WHERE d.event_id = events.id)"
+            )
+            return int(n)
+
+        return await self._transaction(run)
+
+    # ---------------------------------------------------------- dead letters
+    async def retry_dead(self, *, destination: str | None, message_ids: Sequence[str] | None,
+                         now: float) -> int:
+        """Move dead deliveries back to pending (all, one destination, or some events)."""
+
+        def run(con: sqlite3.Connection) -> int:
+            sql = ("UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, "
+                   "reason = NULL, updated_at = ? WHERE state = 'dead' AND payload IS NOT NULL")
+            args: list[Any] = [now, now]
+            sql, args = _narrow(sql, args, destination, message_ids)
+            return int(con.execute(sql, args).rowcount)
+
+        n = await self._transaction(run)
+        self.pending += n
+        return n
+
+    async def purge_dead(self, *, destination: str | None,
+                         message_ids: Sequence[str] | None) -> int:
+        def run(con: sqlite3.Connection) -> int:
+            sql, args = _narrow("DELETE FROM deliveries WHERE state = 'dead'", [],
+                                destination, message_ids)
+            return int(con.execute(sql, args).rowcount)
+
+        return await self._transaction(run)
+
+    # ------------------------------------------------------------- read side
+    async def dead_letters(self, *, destination: str | None, limit: int) -> list[dict[str, Any]]:
+        def run() -> list[dict[str, Any]]:
+            con = self._rcon
+            assert con is not None
+            sql = ("SELECT e.message_id, d.destination, e.event_name, d.reason, d.last_error, "
+                   "d.attempts, d.updated_at FROM deliveries d JOIN events e ON e.id = d.event_id "
+                   "WHERE d.state = 'dead'")
+            args: list[Any] = []
+            if destination:
+                sql += " AND d.destination = ?"
+                args.append(destination)
+            sql += " ORDER BY d.updated_at LIMIT ?"
+            args.append(limit)
+            keys = ("message_id", "destination", "event_name", "reason", "last_error",
+                    "attempts", "dead_at")
+            out = []
+            for row in con.execute(sql, args):
+                item = dict(zip(keys, row, strict=True))
+                item["last_error"] = orjson.loads(row[4]) if row[4] else None
+                out.append(item)
+            return out
+
+        return await self._on_reader(run)
+
+    async def event_status(self, message_id: str) -> dict[str, Any] | None:
+        def run() -> dict[str, Any] | None:
+            con = self._rcon
+            assert con is not None
+            ev = con.execute(
+                "SELECT id, type, event_name, received_at, event_time, traceparent "
+                "FROM events WHERE message_id = ?", (message_id,)
+            ).fetchone()
+            if ev is None:
+                return None
+            dests = {}
+            for name, state, attempts, nxt, leased, reason, err, upd in con.execute(
+                "SELECT destination, state, attempts, next_attempt_at, leased, reason, "
+                "last_error, updated_at FROM deliveries WHERE event_id = ?", (ev[0],)
+            ):
+                dests[name] = {
+                    "state": state, "attempts": attempts,
+                    "next_attempt_at": nxt if state == "pending" else None,
+                    "in_flight": bool(leased), "reason": reason,
+                    "last_error": orjson.loads(err) if err else None, "updated_at": upd,
+                }
+            return {
+                "message_id": message_id, "type": ev[1], "event_name": ev[2],
+                "received_at": ev[3], "event_time": ev[4], "traceparent": ev[5],
+                "destinations": dests,
+            }
+
+        return await self._on_reader(run)
+
+    async def stats(self, *, now: float) -> dict[str, dict[str, Any]]:
+        """Per destination: rows per state and the age of the oldest pending event."""
+
+        def run() -> dict[str, dict[str, Any]]:
+            con = self._rcon
+            assert con is not None
+            out: dict[str, dict[str, Any]] = {}
+            for dest, state, count in con.execute(
+                "SELECT destination, state, COUNT(*) FROM deliveries GROUP BY destination, state"
+            ):
+                entry = out.setdefault(dest, {s: 0 for s in ("pending", *FINAL_STATES)})
+                entry[state] = count
+            for dest, received in con.execute(
+                "SELECT d.destination, MIN(e.received_at) FROM deliveries d "
+                "JOIN events e ON e.id = d.event_id WHERE d.state = 'pending' "
+                "GROUP BY d.destination"
+            ):
+                out[dest]["oldest_pending_age_seconds"] = max(0.0, now - received)
+            for entry in out.values():
+                entry.setdefault("oldest_pending_age_seconds", 0.0)
+            return out
+
+        stats = await self._on_reader(run)
+        # Resynchronise the in-memory count used by the cap check: another
+        # process (the CLI's dead-letters retry) may have changed the table.
+        self.pending = sum(entry["pending"] for entry in stats.values())
+        return stats
+
+    async def check_writable(self) -> bool:
+        """Readiness probe: a write transaction can be opened and committed."""
+        def run(con: sqlite3.Connection) -> bool:
+            con.execute("SELECT 1 FROM schema_migrations LIMIT 1").fetchone()
+            return True
+
+        try:
+            return await self._transaction(run)
+        except OutboxError:
+            return False
+
+    async def checkpoint(self) -> tuple[int, int]:
+        """Move WAL content into the database file; called off the request path."""
+        def run() -> tuple[int, int]:
+            con = self._rcon
+            assert con is not None
+            row = con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            return int(row[1]), int(row[2])
+
+        return await self._on_reader(run)
+
+
+def _narrow(sql: str, args: list[Any], destination: str | None,
+            message_ids: Sequence[str] | None) -> tuple[str, list[Any]]:
+    if destination:
+        sql += " AND destination = ?"
+        args.append(destination)
+    if message_ids:
+        sql += (" AND event_id IN (SELECT id FROM events WHERE message_id IN "
+                "(SELECT value FROM json_each(?)))")
+        args.append(orjson.dumps(list(message_ids)).decode())
+    return sql, args
+
+
+def _statements(sql: str) -> list[str]:
+    """Split a migration file into statements (no semicolons inside literals here)."""
+    return [s.strip() for s in sqlite3_complete_split(sql) if s.strip()]
+
+
+def sqlite3_complete_split(sql: str) -> list[str]:
+    out, buf = [], ""
+    for line in sql.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            out.append(buf)
+            buf = ""
+    if buf.strip():
+        out.append(buf)
+    return out

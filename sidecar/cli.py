@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 import uuid
@@ -18,7 +19,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from sidecar import __version__
-from sidecar.config import Settings, load_settings, parse_address
+from sidecar.config import Settings, load_settings, parse_address, unknown_environment
 from sidecar.errors import ConfigError, OutboxCorrupt, SidecarError
 
 log = logging.getLogger("sidecar")
@@ -89,6 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"capi-sidecar: configuration error: {line}", file=sys.stderr)
         return 2
     _setup_logging(settings)
+    for name in unknown_environment(os.environ):
+        log.warning("ignoring %s: no setting has that name (typo?)", name)
     handler = VERBS[verb]
     try:
         return _run(handler(settings, args))

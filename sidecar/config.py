@@ -13,6 +13,7 @@ operator never wonders which one won.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -341,11 +342,27 @@ def parse_address(value: str) -> tuple[str, int]:
 def _format_error(err: ValidationError) -> list[str]:
     lines = []
     for item in err.errors():
-        loc = ".".join(str(part) for part in item["loc"] if part != "__root__")
+        parts = [str(part) for part in item["loc"] if part != "__root__"]
         msg = item["msg"].removeprefix("Value error, ")
-        where = f"CAPI_{loc.upper()}" if loc and "." not in loc else (loc or "config")
-        lines.append(f"{where}: {msg}" if loc else msg)
+        if item["type"] == "extra_forbidden":
+            msg = "unknown setting (check the spelling)"
+        if not parts:
+            lines.append(msg)
+        elif len(parts) == 1:
+            lines.append(f"{parts[0]} (CAPI_{parts[0].upper()}): {msg}")
+        else:
+            lines.append(f"{'.'.join(parts)}: {msg}")
     return lines
+
+
+def unknown_environment(environ: Mapping[str, str]) -> list[str]:
+    """``CAPI_*`` variables that no setting reads (likely typos).
+
+    A warning, not an error: Kubernetes injects ``<SERVICE>_PORT``-style
+    variables that may share the prefix.
+    """
+    known = {f"CAPI_{name.upper()}" for name in Settings.model_fields} | {"CAPI_CONFIG"}
+    return sorted(k for k in environ if k.startswith("CAPI_") and k not in known)
 
 
 def load_settings(config_file: str | None = None, **overrides: Any) -> Settings:
@@ -354,6 +371,10 @@ def load_settings(config_file: str | None = None, **overrides: Any) -> Settings:
     Raises :class:`ConfigError` holding one line per problem.
     """
     try:
-        return Settings(config_file=config_file, **overrides)
+        settings = Settings(config_file=config_file, **overrides)
+        # The flat single-destination variables become a destination here, so
+        # their problems stop start-up too.
+        settings.resolved_destinations()
     except ValidationError as err:
         raise ConfigError(_format_error(err)) from None
+    return settings

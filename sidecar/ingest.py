@@ -250,7 +250,9 @@ def parse_messages(endpoint: str, body: bytes, limits: Limits) -> tuple[list[Any
         raise BadRequest(413, f"batch holds {len(batch)} messages; the limit is "
                               f"{limits.max_batch_messages}")
     context = doc.get("context")
-    if context is not None and not isinstance(context, dict):
+    if context is None:
+        return batch, {}  # a batch's messages are size-checked one by one
+    if not isinstance(context, dict):
         raise BadRequest(400, "batch context must be an object")
     return batch, context
 

@@ -86,14 +86,14 @@ def _migrations() -> list[tuple[int, str, str]]:
     """Numbered SQL files shipped as the ``sidecar.migrations`` package."""
     try:
         root: Any = importlib.resources.files("sidecar.migrations")
-        files = [(p.name, p.read_text(encoding="utf-8")) for p in root.iterdir()]
+        entries = list(root.iterdir())
     except ModuleNotFoundError:  # running from a source tree without install
-        src = Path(__file__).resolve().parent.parent / "migrations"
-        files = [(p.name, p.read_text(encoding="utf-8")) for p in src.iterdir()]
+        entries = list((Path(__file__).resolve().parent.parent / "migrations").iterdir())
     found = []
-    for name, text in files:
+    for entry in entries:
+        name = entry.name
         if name.endswith(".sql") and name[:4].isdigit():
-            found.append((int(name[:4]), name, text))
+            found.append((int(name[:4]), name, entry.read_text(encoding="utf-8")))
     return sorted(found)
 
 

@@ -71,6 +71,7 @@ SUBCODE_NO_CUSTOMER_INFO = 2804050
 SUBCODE_UNSUPPORTED_POST = 33
 MAX_BODY_BYTES = 64 * 1024 * 1024
 
+# fmt: off
 ACTION_SOURCES = frozenset({
     "email", "website", "app", "phone_call", "chat", "physical_store", "system_generated",
     "business_messaging", "other",
@@ -103,6 +104,7 @@ _EVENT_FIELDS: dict[str, tuple[type, ...]] = {
 }
 _TYPE_NAMES = {str: "a string", int: "an integer", bool: "a boolean", dict: "an object",
                list: "an array"}
+# fmt: on
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _DIGITS = re.compile(r"[0-9]+")
 _VERSION = re.compile(r"v[0-9]{1,3}\.[0-9]{1,2}")
@@ -146,12 +148,20 @@ class RecordedRequest:
     def summary(self) -> dict[str, Any]:
         """What ``GET /_sandbox/requests`` shows for this request."""
         return {
-            "status": self.status, "event_count": len(self.events), "event_ids": self.event_ids,
-            "version": self.version, "pixel_id": self.pixel_id,
-            "token_in_url": self.token_in_url, "token_source": self.token_source,
-            "test_event_code": self.test_event_code, "partner_agent": self.partner_agent,
-            "body_format": self.body_format, "fbtrace_id": self.fbtrace_id,
-            "error": self.error, "faulted": self.faulted, "received_at": self.received_at,
+            "status": self.status,
+            "event_count": len(self.events),
+            "event_ids": self.event_ids,
+            "version": self.version,
+            "pixel_id": self.pixel_id,
+            "token_in_url": self.token_in_url,
+            "token_source": self.token_source,
+            "test_event_code": self.test_event_code,
+            "partner_agent": self.partner_agent,
+            "body_format": self.body_format,
+            "fbtrace_id": self.fbtrace_id,
+            "error": self.error,
+            "faulted": self.faulted,
+            "received_at": self.received_at,
         }
 
 
@@ -270,11 +280,17 @@ async def _read_call(request: web.Request) -> _Call:
     token, source = _pick_token(body_token, request)
     events, data_problem = _decode_data(params)
     return _Call(
-        version=request.match_info["version"], pixel_id=request.match_info["pixel_id"],
-        params=params, token=token, token_source=source,
-        token_in_url="access_token" in request.query, body_format=body_format,
+        version=request.match_info["version"],
+        pixel_id=request.match_info["pixel_id"],
+        params=params,
+        token=token,
+        token_source=source,
+        token_in_url="access_token" in request.query,
+        body_format=body_format,
         headers={k: v for k, v in request.headers.items() if k.lower() != "authorization"},
-        events=events, body_problem=body_problem, data_problem=data_problem,
+        events=events,
+        body_problem=body_problem,
+        data_problem=data_problem,
         received_at=time.time(),
     )
 
@@ -329,10 +345,16 @@ def _decode_data(params: dict[str, Any]) -> tuple[list[Any], GraphError | None]:
 # ---------------------------------------------------------------- validation
 
 
-def _invalid(detail: str, subcode: int = SUBCODE_INVALID_EVENT,
-             title: str = "Invalid parameter") -> GraphError:
-    return GraphError(f"Invalid parameter: {detail}", subcode=subcode, is_transient=False,
-                      user_title=title, user_msg=detail)
+def _invalid(
+    detail: str, subcode: int = SUBCODE_INVALID_EVENT, title: str = "Invalid parameter"
+) -> GraphError:
+    return GraphError(
+        f"Invalid parameter: {detail}",
+        subcode=subcode,
+        is_transient=False,
+        user_title=title,
+        user_msg=detail,
+    )
 
 
 def _check_call(call: _Call, state: SandboxState) -> list[dict[str, Any]]:
@@ -354,17 +376,20 @@ def _check_call(call: _Call, state: SandboxState) -> list[dict[str, Any]]:
 
 def _check_version(call: _Call) -> None:
     if _VERSION.fullmatch(call.version) is None:
-        raise GraphError(f"Unknown path components: /{call.version}/{call.pixel_id}/events",
-                         code=2500)
+        raise GraphError(
+            f"Unknown path components: /{call.version}/{call.pixel_id}/events", code=2500
+        )
 
 
 def _check_token(token: str | None, expected: str | None) -> None:
     if not token:
-        raise GraphError("An access token is required to request this resource.",
-                         code=190, status=401)
+        raise GraphError(
+            "An access token is required to request this resource.", code=190, status=401
+        )
     if expected is not None and not hmac.compare_digest(token.encode(), expected.encode()):
-        raise GraphError("Invalid OAuth access token - Cannot parse access token",
-                         code=190, status=401)
+        raise GraphError(
+            "Invalid OAuth access token - Cannot parse access token", code=190, status=401
+        )
 
 
 def _check_proof(call: _Call, app_secret: str | None) -> None:
@@ -372,12 +397,15 @@ def _check_proof(call: _Call, app_secret: str | None) -> None:
         return
     proof = call.params.get("appsecret_proof")
     if not isinstance(proof, str) or not proof:
-        raise GraphError("API calls from the server require an appsecret_proof argument",
-                         type_="GraphMethodException")
+        raise GraphError(
+            "API calls from the server require an appsecret_proof argument",
+            type_="GraphMethodException",
+        )
     expected = hmac.new(app_secret.encode(), call.token.encode(), hashlib.sha256).hexdigest()
     if not hmac.compare_digest(proof.encode(), expected.encode()):
-        raise GraphError("Invalid appsecret_proof provided in the API argument",
-                         type_="GraphMethodException")
+        raise GraphError(
+            "Invalid appsecret_proof provided in the API argument", type_="GraphMethodException"
+        )
 
 
 def _check_pixel(pixel_id: str, expected: str | None) -> None:
@@ -386,7 +414,9 @@ def _check_pixel(pixel_id: str, expected: str | None) -> None:
             f"Unsupported post request. Object with ID '{pixel_id}' does not exist, cannot be "
             "loaded due to missing permissions, or does not support this operation. Please "
             "read the Graph API documentation at https://developers.facebook.com/docs/graph-api",
-            subcode=SUBCODE_UNSUPPORTED_POST, type_="GraphMethodException")
+            subcode=SUBCODE_UNSUPPORTED_POST,
+            type_="GraphMethodException",
+        )
 
 
 def _check_top_level(params: dict[str, Any]) -> None:
@@ -396,8 +426,10 @@ def _check_top_level(params: dict[str, Any]) -> None:
     if not data:
         raise GraphError("(#100) param data must be a non-empty array.")
     if len(data) > MAX_EVENTS_PER_REQUEST:
-        raise _invalid(f"data holds {len(data)} events; at most "
-                       f"{MAX_EVENTS_PER_REQUEST} are allowed per request")
+        raise _invalid(
+            f"data holds {len(data)} events; at most "
+            f"{MAX_EVENTS_PER_REQUEST} are allowed per request"
+        )
     for name in ("test_event_code", "partner_agent"):
         value = params.get(name)
         if value is not None and (not isinstance(value, str) or not value):
@@ -413,12 +445,14 @@ def _check_event(event: object, index: int, now: int) -> None:
     for key, value in event.items():
         _check_field_type(key, value, index)
     if len(event["event_name"]) > MAX_EVENT_NAME_LENGTH:
-        raise _invalid(f"data[{index}].event_name is longer than {MAX_EVENT_NAME_LENGTH} "
-                       "characters")
+        raise _invalid(
+            f"data[{index}].event_name is longer than {MAX_EVENT_NAME_LENGTH} characters"
+        )
     _check_event_time(event["event_time"], index, now)
     if event["action_source"] not in ACTION_SOURCES:
-        raise _invalid(f"data[{index}].action_source must be one of "
-                       f"{', '.join(sorted(ACTION_SOURCES))}")
+        raise _invalid(
+            f"data[{index}].action_source must be one of {', '.join(sorted(ACTION_SOURCES))}"
+        )
     _check_user_data(event["user_data"], index)
     _check_custom_data(event, index)
     if event["action_source"] == "app":
@@ -442,10 +476,15 @@ def _check_event_time(event_time: int, index: int, now: int) -> None:
         raise _invalid(
             f"data[{index}].event_time is more than 7 days in the past; events need to be "
             "sent from your server within 7 days of when they occurred",
-            SUBCODE_TOO_OLD, "Event Timestamp Too Old")
+            SUBCODE_TOO_OLD,
+            "Event Timestamp Too Old",
+        )
     if -age > MAX_FUTURE_SKEW_SECONDS:
-        raise _invalid(f"data[{index}].event_time is in the future", SUBCODE_IN_FUTURE,
-                       "Event Timestamp In The Future")
+        raise _invalid(
+            f"data[{index}].event_time is in the future",
+            SUBCODE_IN_FUTURE,
+            "Event Timestamp In The Future",
+        )
 
 
 def _check_user_data(user_data: dict[str, Any], index: int) -> None:
@@ -459,7 +498,9 @@ def _check_user_data(user_data: dict[str, Any], index: int) -> None:
         raise _invalid(
             f"data[{index}].user_data has no customer information parameters, or a "
             "combination so broad that it is unlikely to be effective for matching",
-            SUBCODE_NO_CUSTOMER_INFO, "Insufficient Customer Information")
+            SUBCODE_NO_CUSTOMER_INFO,
+            "Insufficient Customer Information",
+        )
 
 
 def _check_hashed(key: str, value: object, index: int) -> None:
@@ -473,7 +514,8 @@ def _check_hashed(key: str, value: object, index: int) -> None:
     raise _invalid(
         f"data[{index}].user_data.{key} must be a SHA-256 hash (64 lowercase hex characters) "
         "or a non-empty array of them; unhashed customer information is refused",
-        title="Invalid Customer Information Parameter")
+        title="Invalid Customer Information Parameter",
+    )
 
 
 def _check_text(key: str, value: object, index: int) -> None:
@@ -517,8 +559,9 @@ def _check_custom_data(event: dict[str, Any], index: int) -> None:
     if "value" in custom and not _is_amount(custom["value"]):
         raise _invalid(f"data[{index}].custom_data.value must be a number")
     if event["event_name"] == "Purchase" and not ("currency" in custom and "value" in custom):
-        raise _invalid(f"data[{index}] is a Purchase event without custom_data.currency "
-                       "and custom_data.value")
+        raise _invalid(
+            f"data[{index}] is a Purchase event without custom_data.currency and custom_data.value"
+        )
 
 
 def _is_currency(value: object) -> bool:
@@ -537,8 +580,10 @@ def _is_amount(value: object) -> bool:
 def _check_app_data(event: dict[str, Any], index: int) -> None:
     app_data = event.get("app_data")
     if app_data is None or not {"advertiser_tracking_enabled", "extinfo"} <= app_data.keys():
-        raise _invalid(f"data[{index}] is an app event without app_data."
-                       "advertiser_tracking_enabled and app_data.extinfo")
+        raise _invalid(
+            f"data[{index}] is an app event without app_data."
+            "advertiser_tracking_enabled and app_data.extinfo"
+        )
 
 
 # ---------------------------------------------------------------- answering
@@ -564,8 +609,9 @@ async def _post_events(request: web.Request) -> web.StreamResponse:
     return _json(payload, headers=_graph_headers(call, fbtrace_id))
 
 
-async def _fire(request: web.Request, state: SandboxState, call: _Call,
-                firing: Firing) -> web.StreamResponse | None:
+async def _fire(
+    request: web.Request, state: SandboxState, call: _Call, firing: Firing
+) -> web.StreamResponse | None:
     if firing.fault.delay_seconds:
         await state.sleep(firing.fault.delay_seconds)
     if firing.fault.drop_connection:
@@ -580,13 +626,20 @@ async def _fire(request: web.Request, state: SandboxState, call: _Call,
     return _error_response(state, call, error, faulted=True)
 
 
-def _error_response(state: SandboxState, call: _Call, err: GraphError,
-                    *, faulted: bool) -> web.Response:
+def _error_response(
+    state: SandboxState, call: _Call, err: GraphError, *, faulted: bool
+) -> web.Response:
     fbtrace_id = new_fbtrace_id()
     envelope = err.envelope(fbtrace_id)
     _record(state, call, err.status, fbtrace_id, envelope["error"], faulted=faulted)
-    logger.info("sandbox answered HTTP %d, code %s, subcode %s%s: %s", err.status, err.code,
-                err.subcode, " (injected fault)" if faulted else "", err.message)
+    logger.info(
+        "sandbox answered HTTP %d, code %s, subcode %s%s: %s",
+        err.status,
+        err.code,
+        err.subcode,
+        " (injected fault)" if faulted else "",
+        err.message,
+    )
     headers = _graph_headers(call, fbtrace_id)
     if err.retry_after is not None:
         headers["Retry-After"] = err.retry_after
@@ -594,8 +647,12 @@ def _error_response(state: SandboxState, call: _Call, err: GraphError,
         headers["WWW-Authenticate"] = f'OAuth "Facebook Platform" "invalid_token" "{err.message}"'
     if err.raw_body is not None:
         is_html = err.raw_body.lstrip().startswith("<")
-        return web.Response(status=err.status, text=err.raw_body, headers=headers,
-                            content_type="text/html" if is_html else "text/plain")
+        return web.Response(
+            status=err.status,
+            text=err.raw_body,
+            headers=headers,
+            content_type="text/html" if is_html else "text/plain",
+        )
     return _json(envelope, status=err.status, headers=headers)
 
 
@@ -606,20 +663,42 @@ def _graph_headers(call: _Call, fbtrace_id: str) -> dict[str, str]:
     return headers
 
 
-def _record(state: SandboxState, call: _Call, status: int, fbtrace_id: str,
-            error: dict[str, Any] | None, *, faulted: bool) -> None:
-    state.record_request(RecordedRequest(
-        version=call.version, pixel_id=call.pixel_id, status=status, body=call.params,
-        token_in_url=call.token_in_url, token_source=call.token_source,
-        body_format=call.body_format, headers=call.headers, fbtrace_id=fbtrace_id,
-        error=error, faulted=faulted, received_at=call.received_at,
-    ))
+def _record(
+    state: SandboxState,
+    call: _Call,
+    status: int,
+    fbtrace_id: str,
+    error: dict[str, Any] | None,
+    *,
+    faulted: bool,
+) -> None:
+    state.record_request(
+        RecordedRequest(
+            version=call.version,
+            pixel_id=call.pixel_id,
+            status=status,
+            body=call.params,
+            token_in_url=call.token_in_url,
+            token_source=call.token_source,
+            body_format=call.body_format,
+            headers=call.headers,
+            fbtrace_id=fbtrace_id,
+            error=error,
+            faulted=faulted,
+            received_at=call.received_at,
+        )
+    )
 
 
-def _json(payload: Any, *, status: int = 200, headers: dict[str, str] | None = None,
-          ) -> web.Response:
-    return web.Response(body=orjson.dumps(payload), status=status, headers=headers,
-                        content_type="application/json")
+def _json(
+    payload: Any,
+    *,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(payload), status=status, headers=headers, content_type="application/json"
+    )
 
 
 # ---------------------------------------------------------------- control API
@@ -627,11 +706,15 @@ def _json(payload: Any, *, status: int = 200, headers: dict[str, str] | None = N
 
 async def _health(request: web.Request) -> web.Response:
     state = request.app[SANDBOX_STATE]
-    return _json({
-        "status": "ok", "events_total": state.events_total,
-        "events_recorded": len(state.events), "requests_total": state.requests_total,
-        "faults_pending": len(state.faults),
-    })
+    return _json(
+        {
+            "status": "ok",
+            "events_total": state.events_total,
+            "events_recorded": len(state.events),
+            "requests_total": state.requests_total,
+            "faults_pending": len(state.faults),
+        }
+    )
 
 
 async def _list_events(request: web.Request) -> web.Response:
@@ -662,8 +745,9 @@ async def _add_faults(request: web.Request) -> web.Response:
     except (orjson.JSONDecodeError, ValueError) as err:
         return _json({"error": str(err)}, status=400)
     state.faults.inject_all(faults)
-    return _json({"faults_pending": len(state.faults), "faults": state.faults.pending()},
-                 status=201)
+    return _json(
+        {"faults_pending": len(state.faults), "faults": state.faults.pending()}, status=201
+    )
 
 
 async def _clear_faults(request: web.Request) -> web.Response:
@@ -691,8 +775,14 @@ def create_sandbox_app(
     clock: Callable[[], float] = time.time,
 ) -> web.Application:
     """The sandbox app; ``access_token``/``pixel_id`` ``None`` accept any token or pixel."""
-    state = SandboxState(access_token=access_token, pixel_id=pixel_id, app_secret=app_secret,
-                         max_records=max_records, max_requests=max_requests, clock=clock)
+    state = SandboxState(
+        access_token=access_token,
+        pixel_id=pixel_id,
+        app_secret=app_secret,
+        max_records=max_records,
+        max_requests=max_requests,
+        clock=clock,
+    )
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[SANDBOX_STATE] = state
     app.router.add_post("/{version}/{pixel_id}/events", _post_events)
@@ -724,9 +814,14 @@ async def start_sandbox(
 ) -> tuple[web.AppRunner, str, SandboxState]:
     """Serve the sandbox in the running loop; returns the runner (call ``cleanup()``),
     the base URL (``http://127.0.0.1:54321``) and the state."""
-    app = create_sandbox_app(access_token=access_token, pixel_id=pixel_id,
-                             app_secret=app_secret, max_records=max_records,
-                             max_requests=max_requests, clock=clock)
+    app = create_sandbox_app(
+        access_token=access_token,
+        pixel_id=pixel_id,
+        app_secret=app_secret,
+        max_records=max_records,
+        max_requests=max_requests,
+        clock=clock,
+    )
     runner = web.AppRunner(app, access_log_class=_AccessLogger, shutdown_timeout=5.0)
     await runner.setup()
     try:
@@ -746,24 +841,36 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def run_sandbox(host: str, port: int, access_token: str | None, *,
-                pixel_id: str | None = None, app_secret: str | None = None) -> None:
+def run_sandbox(
+    host: str,
+    port: int,
+    access_token: str | None,
+    *,
+    pixel_id: str | None = None,
+    app_secret: str | None = None,
+) -> None:
     """Serve the sandbox until SIGINT/SIGTERM (``capi-sidecar sandbox --port N``)."""
     asyncio.run(_serve_until_stopped(host, port, access_token, pixel_id, app_secret))
 
 
-async def _serve_until_stopped(host: str, port: int, access_token: str | None,
-                               pixel_id: str | None, app_secret: str | None) -> None:
-    runner, url, _ = await start_sandbox(host, port, access_token=access_token,
-                                         pixel_id=pixel_id, app_secret=app_secret)
+async def _serve_until_stopped(
+    host: str, port: int, access_token: str | None, pixel_id: str | None, app_secret: str | None
+) -> None:
+    runner, url, _ = await start_sandbox(
+        host, port, access_token=access_token, pixel_id=pixel_id, app_secret=app_secret
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signum, stop.set)
-    logger.info("Graph API sandbox listening on %s (token: %s, pixel: %s); control API at "
-                "%s/_sandbox/", url, "checked" if access_token else "any non-empty",
-                pixel_id or "any", url)
+    logger.info(
+        "Graph API sandbox listening on %s (token: %s, pixel: %s); control API at %s/_sandbox/",
+        url,
+        "checked" if access_token else "any non-empty",
+        pixel_id or "any",
+        url,
+    )
     try:
         await stop.wait()
     finally:

@@ -26,8 +26,15 @@ from typing import Any
 
 SUBCODE_INVALID_EVENT = 2804001
 _GRAPH_ERROR_KEYS = frozenset(
-    {"code", "error_subcode", "is_transient", "message", "type", "error_user_title",
-     "error_user_msg"}
+    {
+        "code",
+        "error_subcode",
+        "is_transient",
+        "message",
+        "type",
+        "error_user_title",
+        "error_user_msg",
+    }
 )
 # A status-only fault answers with the error Graph gives for that kind of failure.
 _STATUS_ERRORS: dict[int, tuple[int, str]] = {
@@ -127,7 +134,10 @@ class Fault:
     def answers(self) -> bool:
         """Whether firing this fault answers the request (rather than only delaying it)."""
         return bool(
-            self.status or self.graph_error or self.retry_after or self.body
+            self.status
+            or self.graph_error
+            or self.retry_after
+            or self.body
             or self.reject_event_ids
         )
 
@@ -161,17 +171,27 @@ class Fault:
 def _fault_problem(fault: Fault) -> str | None:
     """What is wrong with a fault's fields, or ``None``."""
     checks: tuple[tuple[bool, str], ...] = (
-        (fault.status is not None and not (type(fault.status) is int
-                                           and 100 <= fault.status <= 599),
-         "status must be an HTTP status code (100-599)"),
-        (not isinstance(fault.delay_seconds, int | float) or isinstance(fault.delay_seconds, bool)
-         or not math.isfinite(fault.delay_seconds) or fault.delay_seconds < 0,
-         "delay_seconds must be a number >= 0"),
-        (fault.times is not None and (type(fault.times) is not int or fault.times < 0),
-         "times must be an integer >= 0 (0 or null: until cleared)"),
+        (
+            fault.status is not None
+            and not (type(fault.status) is int and 100 <= fault.status <= 599),
+            "status must be an HTTP status code (100-599)",
+        ),
+        (
+            not isinstance(fault.delay_seconds, int | float)
+            or isinstance(fault.delay_seconds, bool)
+            or not math.isfinite(fault.delay_seconds)
+            or fault.delay_seconds < 0,
+            "delay_seconds must be a number >= 0",
+        ),
+        (
+            fault.times is not None and (type(fault.times) is not int or fault.times < 0),
+            "times must be an integer >= 0 (0 or null: until cleared)",
+        ),
         (type(fault.drop_connection) is not bool, "drop_connection must be true or false"),
-        (fault.retry_after is not None and not isinstance(fault.retry_after, str),
-         "retry_after must be a string (seconds or an HTTP-date)"),
+        (
+            fault.retry_after is not None and not isinstance(fault.retry_after, str),
+            "retry_after must be a string (seconds or an HTTP-date)",
+        ),
         (fault.body is not None and not isinstance(fault.body, str), "body must be a string"),
     )
     for failed, message in checks:

@@ -24,9 +24,12 @@ still reach the outbox.
     {{- include "capi-sidecar.env" . | nindent 4 }}
   volumeMounts:
     {{- include "capi-sidecar.volumeMounts" . | nindent 4 }}
+  {{- /* /healthz, not /readyz: the ops listener opens only once the outbox
+         is open and migrated and ingest listens, and a restart with an
+         outbox over its cap must not fail start-up (it drains meanwhile). */}}
   startupProbe:
     httpGet:
-      path: /readyz
+      path: /healthz
       port: capi-ops
     periodSeconds: {{ $v.probes.startup.periodSeconds | int }}
     timeoutSeconds: {{ $v.probes.startup.timeoutSeconds | int }}

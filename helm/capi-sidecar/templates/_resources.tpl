@@ -9,7 +9,7 @@ all, so an app chart needs a single template file:
 
 {{- define "capi-sidecar.manifests" -}}
 {{- $docs := list -}}
-{{- range $t := list "configMap" "secret" "pvc" "metricsService" "serviceMonitor" -}}
+{{- range $t := list "configMap" "secret" "pvc" "serviceMonitor" -}}
 {{- with include (printf "capi-sidecar.%s" $t) $ | trim -}}
 {{- $docs = append $docs . -}}
 {{- end -}}
@@ -120,10 +120,16 @@ spec:
 {{- end -}}
 {{- end -}}
 
+{{/*
+A monitoring.coreos.com/v1 ServiceMonitor, preceded by the metrics Service it
+scrapes through (two documents).
+*/}}
 {{- define "capi-sidecar.serviceMonitor" -}}
 {{- $v := index .Values "capi-sidecar" -}}
 {{- $m := $v.metrics.serviceMonitor -}}
 {{- if and $v.metrics.enabled $m.enabled -}}
+{{ include "capi-sidecar.metricsService" . }}
+---
 apiVersion: monitoring.coreos.com/v1
 kind: ServiceMonitor
 metadata:

@@ -44,13 +44,13 @@ def make_event(i: int) -> dict[str, Any]:
                 "state": "California",
             },
             "products": [
-                {"sku": f"SKU-{i}", "price": 99.95, "quantity": 1, "name": "Coat", "category": "Outerwear"},
-                {"sku": "SKU-2", "price": 15.0, "quantity": 2, "name": "Socks", "category": "Accessories"},
+                {"sku": f"SKU-{i}", "price": 99.95, "quantity": 1, "name": "Coat", "category": "C"},
+                {"sku": "SKU-2", "price": 15.0, "quantity": 2, "name": "Socks", "category": "S"},
             ],
         },
         "context": {
             "ip": f"203.0.{i % 250}.{i % 200}",
-            "userAgent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/126.0 Safari/537.36",
+            "userAgent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/126.0",
             "clientIds": {"fbp": f"fb.1.1596403881668.{i}"},
             "traits": {"address": {"country": "US"}},
             "page": {"url": "https://shop.example/checkout/complete"},

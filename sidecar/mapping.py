@@ -19,14 +19,14 @@ the message.
 from __future__ import annotations
 
 import difflib
-from hashlib import sha256
 import ipaddress
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from hashlib import sha256
 from typing import TYPE_CHECKING, Any
 
 from sidecar import normalize
@@ -36,7 +36,9 @@ if TYPE_CHECKING:
     from sidecar.geo import GeoLookup
 
 Path = tuple[str, ...]
-_Alt = tuple[Path, int | None]  # a source path, and which word of it (None: all)
+Getter = Callable[[Mapping[str, Any]], Any]  # reads one path; None when absent
+_Alt = tuple[Getter, int | None]  # a source, and which word of it (None: all)
+_Sources = tuple[Getter, ...]  # alternatives, first present wins
 
 MAX_EVENT_NAME = 50
 
@@ -169,11 +171,11 @@ Outcome = Mapped | Skipped | Dead
 
 @dataclass(frozen=True, slots=True)
 class _ProductPaths:
-    ids: tuple[tuple[Path, ...], ...]  # content-id candidates, preferred first
-    price: tuple[Path, ...]
-    quantity: tuple[Path, ...]
-    name: tuple[Path, ...]
-    category: tuple[Path, ...]
+    ids: tuple[_Sources, ...]  # content-id candidates, preferred first
+    price: _Sources
+    quantity: _Sources
+    name: _Sources
+    category: _Sources
 
 
 _HashSpec = tuple[str, tuple[_Alt, ...], normalize.Normaliser]
@@ -237,6 +239,8 @@ class Mapper:
 
     def _name(self, message: Mapping[str, Any]) -> tuple[str, str] | Skipped | Dead:
         kind = message.get("type")
+        if not isinstance(kind, str):
+            return Dead(event_name=str(kind), reason=f"unsupported message type {kind!r}")
         if kind == "track":
             incoming = message.get("event")
             if not isinstance(incoming, str) or not incoming.strip():
@@ -257,8 +261,8 @@ class Mapper:
         return kind, event_name
 
     def _event_time(self, message: Mapping[str, Any], received_at: float, now: float) -> int:
-        for path in self._time:
-            seconds = _seconds(_dig(message, path))
+        for get in self._time:
+            seconds = _seconds(get(message))
             if seconds is not None:
                 return int(min(seconds, now))
         return int(min(received_at, now))
@@ -293,8 +297,8 @@ class Mapper:
 
     def _external_id(self, message: Mapping[str, Any]) -> list[str]:
         ids: list[str] = []
-        for path in self._external_ids:
-            text = _text(_dig(message, path))
+        for get in self._external_ids:
+            text = _text(get(message))
             value = normalize.hashed(text, normalize.external_id) if text else None
             if value is not None and value not in ids:
                 ids.append(value)
@@ -323,8 +327,8 @@ class Mapper:
         return data
 
     def _currency_of(self, message: Mapping[str, Any]) -> str:
-        for path in self._currency:
-            text = _text(_dig(message, path))
+        for get in self._currency:
+            text = _text(get(message))
             code = normalize.currency(text) if text else None
             if code is not None:
                 return code
@@ -352,9 +356,7 @@ def _add_geo(data: dict[str, Any], geo: GeoLookup, ip: str) -> None:
 # --- configuration helpers (run once per Mapper) ---------------------------
 
 
-def _resolve_paths(
-    mappings: Mapping[str, str], phone_field: str | None
-) -> dict[str, tuple[Path, ...]]:
+def _resolve_paths(mappings: Mapping[str, str], phone_field: str | None) -> dict[str, _Sources]:
     paths = dict(_DEFAULT_PATHS)
     if phone_field:
         field = tuple(phone_field.split("."))
@@ -362,14 +364,14 @@ def _resolve_paths(
         paths["context.traits.phone"] = (("context", "traits", *field),)
     for source, target in mappings.items():
         paths[_ALIASES.get(source, source)] = (tuple(target.split(".")),)
-    return paths
+    return {name: tuple(_getter(path) for path in alts) for name, alts in paths.items()}
 
 
 def _hash_specs(
-    paths: dict[str, tuple[Path, ...]], phone_field: str | None, region: str | None
+    paths: dict[str, _Sources], phone_field: str | None, region: str | None
 ) -> tuple[_HashSpec, ...]:
     def alts(*names: str, word: int | None = None) -> tuple[_Alt, ...]:
-        return tuple((path, word) for name in names for path in paths[name])
+        return tuple((get, word) for name in names for get in paths[name])
 
     traits, shipping, address = "context.traits.", "properties.shipping.", "context.traits.address."
     specs: list[_HashSpec] = [
@@ -382,7 +384,7 @@ def _hash_specs(
     last = ("properties.last_name", traits + "name", traits + "lastName", traits + "last_name")
     specs += [
         ("fn", alts(first[0]) + alts(first[1], word=0) + alts(*first[2:]), normalize.name),
-        ("ln", alts(last[0]) + alts(last[1], word=-1) + alts(*last[2:]), normalize.name),
+        ("ln", alts(last[0]) + alts(last[1], word=1) + alts(*last[2:]), normalize.name),
         ("ct", alts(shipping + "city", address + "city"), normalize.city),
         ("st", alts(shipping + "state", address + "state"), normalize.state),
         ("zp", alts(shipping + "zipcode", address + "zipcode"), normalize.zip_code),
@@ -391,9 +393,7 @@ def _hash_specs(
     return tuple(specs)
 
 
-def _product_paths(
-    paths: dict[str, tuple[Path, ...]], prefix: str, content_id_field: str
-) -> _ProductPaths:
+def _product_paths(paths: dict[str, _Sources], prefix: str, content_id_field: str) -> _ProductPaths:
     order = dict.fromkeys((content_id_field, "sku", "product_id", "variant_id"))
     return _ProductPaths(
         ids=tuple(paths[prefix + field] for field in order),
@@ -460,18 +460,47 @@ def _mapping_problem(source: Any, target: Any) -> str | None:
 # --- message access and value coercion (hot path) ---------------------------
 
 
+def _getter(path: Path) -> Getter:
+    """A function reading ``path`` from a message (nested objects are dicts,
+    as JSON decoding makes them); specialised by depth because path reads
+    are most of the work of mapping an event."""
+    if len(path) == 1:
+        (a,) = path
+        return lambda message: message.get(a)
+    if len(path) == 2:
+        a, b = path
+        return lambda message: _get2(message, a, b)
+    if len(path) == 3:
+        a, b, c = path
+        return lambda message: _get3(message, a, b, c)
+    return lambda message: _dig(message, path)
+
+
+def _get2(message: Mapping[str, Any], a: str, b: str) -> Any:
+    value = message.get(a)
+    return value.get(b) if isinstance(value, dict) else None
+
+
+def _get3(message: Mapping[str, Any], a: str, b: str, c: str) -> Any:
+    value = message.get(a)
+    if not isinstance(value, dict):
+        return None
+    value = value.get(b)
+    return value.get(c) if isinstance(value, dict) else None
+
+
 def _dig(message: Mapping[str, Any], path: Path) -> Any:
     value: Any = message
     for key in path:
-        if type(value) is not dict and not isinstance(value, Mapping):
+        if not isinstance(value, Mapping):
             return None
         value = value.get(key)
     return value
 
 
-def _first(message: Mapping[str, Any], alts: tuple[Path, ...]) -> Any:
-    for path in alts:
-        value = _dig(message, path)
+def _first(message: Mapping[str, Any], alts: _Sources) -> Any:
+    for get in alts:
+        value = get(message)
         if value is not None:
             return value
     return None
@@ -490,9 +519,9 @@ def _text(value: Any) -> str | None:
     return None
 
 
-def _first_text(message: Mapping[str, Any], alts: tuple[Path, ...]) -> str | None:
-    for path in alts:
-        text = _text(_dig(message, path))
+def _first_text(message: Mapping[str, Any], alts: _Sources) -> str | None:
+    for get in alts:
+        text = _text(get(message))
         if text is not None:
             return text
     return None
@@ -502,8 +531,8 @@ def _first_hashed(
     message: Mapping[str, Any], alts: tuple[_Alt, ...], normaliser: normalize.Normaliser
 ) -> str | None:
     # normalize.hashed() inlined: this loop runs for every hashed field.
-    for path, word in alts:
-        raw = _dig(message, path)
+    for get, word in alts:
+        raw = get(message)
         text = raw.strip() if type(raw) is str else _text(raw)
         if text and word is not None:
             text = _word(text, word)
@@ -518,11 +547,9 @@ def _first_hashed(
 
 
 def _word(text: str, index: int) -> str | None:
-    """First word (``0``) or, of a name with several words, the last (``-1``)."""
+    """The first (``0``) or second (``1``) word, as the SPEC's name split says."""
     words = text.split()
-    if index == 0:
-        return words[0] if words else None
-    return words[-1] if len(words) > 1 else None
+    return words[index] if len(words) > index else None
 
 
 def _ip(text: str | None) -> str | None:
@@ -624,7 +651,7 @@ def _content(product: Any, paths: _ProductPaths) -> dict[str, Any] | None:
     quantity = raw if type(raw) is int else _quantity(raw)
     entry: dict[str, Any] = {"id": content_id, "quantity": 1 if quantity is None else quantity}
     raw = _first(product, paths.price)
-    price = raw if type(raw) is float or type(raw) is int else _number(raw)
+    price = raw if type(raw) is int else _number(raw)
     if price is not None:
         entry["item_price"] = price
     return entry

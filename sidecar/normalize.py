@@ -38,6 +38,8 @@ _HEX64 = re.compile(r"[0-9A-Fa-f]{64}")
 _NOT_ASCII_DIGIT = re.compile(r"[^0-9]+")
 _ZIP_PLUS_4 = re.compile(r"(\d{5})-?\d{4}")
 _US_STATE_CODE = re.compile(r"us-([a-z]{2})")
+# "+44 (0)20 7946 0958": the bracketed trunk prefix is not dialled from abroad.
+_BRACKETED_TRUNK = re.compile(r"^(\+\s*\d{1,4})[\s.-]*\(\s*0\s*\)")
 
 # Deletion tables for the all-ASCII fast path; the general path below works
 # on Unicode categories instead.
@@ -211,8 +213,11 @@ def phone(value: str, region: str | None = None) -> str | None:
     ``(650) 555-1212`` in ``US`` gives ``16505551212`` and ``020 7946 0958``
     in ``GB`` gives ``442079460958``. A number that is not valid in the
     region but is valid with ``+`` in front is taken to already carry its
-    country code.
+    country code. A bracketed trunk prefix after the country code, as in
+    ``+44 (0)20 7946 0958``, is dropped.
     """
+    if "(" in value:
+        value = _BRACKETED_TRUNK.sub(r"\1", value, count=1)
     digits = _digits(value)
     if not digits:
         return None

@@ -75,6 +75,7 @@ def create_app(
     rt = Runtime(settings=settings, clock=clock,
                  telemetry=telemetry or Telemetry(tracer_provider=tracer_provider))
     app[RUNTIME] = rt
+    app.middlewares.extend(rt.telemetry.server_middlewares())
     if settings.geoip_db is not None:
         rt.geo = open_geo(settings.geoip_db)
     from sidecar.ingest import INGEST_PATHS
@@ -96,7 +97,7 @@ async def _ingest(request: web.Request) -> web.StreamResponse:
 async def _telemetry_ctx(app: web.Application) -> AsyncIterator[None]:
     rt = app[RUNTIME]
     yield
-    rt.telemetry.shutdown()
+    await rt.telemetry.close()
 
 
 async def _outbox_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -135,6 +136,7 @@ async def _delivery_ctx(app: web.Application) -> AsyncIterator[None]:
     async with aiohttp.ClientSession(
         connector=connector, headers={"User-Agent": f"capi-sidecar/{__version__}"},
         json_serialize=lambda _o: "",  # bodies are pre-serialised bytes
+        trace_configs=rt.telemetry.client_trace_configs(),
     ) as session:
         rt.drainer = Drainer(rt.outbox, rt.destinations, s, session, rt.telemetry, clock=rt.clock)
         mappers = {d.name: Mapper(d, rt.geo) for d in rt.destinations}
@@ -169,9 +171,8 @@ async def _housekeeping(rt: Runtime) -> None:
         try:
             now = rt.clock()
             await rt.outbox.checkpoint()
-            for dest in await rt.outbox.expire(now=now,
-                                               oldest_event_time=now - s.max_event_age_seconds):
-                rt.telemetry.metrics.deliveries.labels(dest, "dead", "expired").inc()
+            rt.telemetry.expired(
+                await rt.outbox.expire_due(None, now, now - s.max_event_age_seconds))
             if now - last_purge >= PURGE_EVERY_SECONDS:
                 last_purge = now
                 await rt.outbox.purge(now=now, delivered_age=s.retention_delivered_seconds,

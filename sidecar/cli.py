@@ -115,9 +115,18 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _open_outbox(settings: Settings) -> Any:
+async def _open_outbox(settings: Settings, *, create: bool = False) -> Any:
+    """The outbox for an operator's verb, without releasing the server's leases.
+
+    Only ``migrate`` creates the file: a mistyped CAPI_DB_PATH must not
+    silently answer from a new, empty outbox.
+    """
     from sidecar.outbox import Outbox
 
+    if not create and not settings.db_path.exists():
+        raise SidecarError(
+            f"no outbox database at {settings.db_path} (set CAPI_DB_PATH to the sidecar's)"
+        )
     outbox = Outbox(settings.db_path, cap=settings.outbox_cap, synchronous=settings.synchronous,
                     resume_leases=False)
     await outbox.open()
@@ -125,7 +134,7 @@ async def _open_outbox(settings: Settings) -> Any:
 
 
 async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
-    outbox = await _open_outbox(settings)
+    outbox = await _open_outbox(settings, create=True)
     await outbox.close()
     print(f"outbox {settings.db_path} is up to date")
     return 0
@@ -210,9 +219,19 @@ async def _test_event(settings: Settings, args: argparse.Namespace) -> int:
             target = Target.build(dest.model_copy(update={"test_event_code": code}))
             outcome = Mapper(target.settings).map(message, received_at=now, now=now)
             assert isinstance(outcome, Mapped)
-            async with session.post(target.url, data=target.body([orjson.dumps(outcome.payload)]),
-                                    headers={"Content-Type": "application/json"}) as resp:
-                answer = await resp.text()
+            try:
+                async with session.post(
+                    target.url,
+                    data=target.body([orjson.dumps(outcome.payload)]),
+                    headers={"Content-Type": "application/json"},
+                ) as resp:
+                    answer = await resp.text()
+            except aiohttp.ClientError as err:
+                # The URL holds no token (the token travels in the body only).
+                print(f"{dest.name}: no answer from {target.url} ({type(err).__name__})",
+                      file=sys.stderr)
+                failed = True
+                continue
             print(f"{dest.name}: HTTP {resp.status} {answer}")
             failed = failed or resp.status >= 300
     return 1 if failed else 0

@@ -8,7 +8,14 @@ and settle every row by the verdict of ``policy``:
 - transient: rows retried later, backoff with full jitter, ``Retry-After`` honoured;
 - invalid payload: a batch is bisected until each bad event is alone, the good
   halves are delivered, each bad event is dead with Meta's code and fbtrace_id;
-- credentials: the destination pauses (loudly), rows are kept and probed slowly.
+- credentials: the destination pauses (loudly), rows are kept and probed slowly;
+- too old: an event past Meta's 7-day limit is never claimed; it is dead-lettered
+  as expired before it could fail a whole batch.
+
+Each destination has its own loop, hold and pause, so one failing pixel never
+holds up another. While a destination is failing (a transient failure or a
+pause) it sends one request at a time, and only when its hold has run out: an
+outage is probed on the backoff schedule, never hot-looped by the backlog.
 
 The access token lives only in the request body, never in a URL, a log line,
 a span or an error message.
@@ -42,10 +49,12 @@ from sidecar.policy import (
     next_attempt,
     parse_retry_after,
 )
-from sidecar.telemetry import COVERAGE_FIELDS, Telemetry
+from sidecar.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 IDLE_POLL_SECONDS = 1.0
+# How often each destination sweeps its too-old events into dead letters.
+EXPIRE_EVERY_SECONDS = 1.0
 PARTNER_AGENT = f"capi-sidecar/{__version__}"
 
 
@@ -63,8 +72,15 @@ class Target:
     # backoff schedule instead of by every batch of the backlog in turn.
     hold_until: float = 0.0
     failures: int = 0
-    idle: bool = False
     sent_requests: int = 0
+    in_flight: int = 0  # batches being sent (a bisect counts once)
+    drain_failed: bool = False  # failed during the shutdown drain: stop trying
+    next_expiry: float = 0.0  # monotonic time of the next expiry sweep
+
+    @property
+    def probing(self) -> bool:
+        """Failing or paused: one request at a time until Meta accepts again."""
+        return self.failures > 0 or self.paused_since is not None
 
     @property
     def name(self) -> str:
@@ -105,14 +121,20 @@ class Drainer:
     ) -> None:
         self.outbox = outbox
         self.targets = {d.name: Target.build(d) for d in destinations}
+        for d in destinations:
+            telemetry.add_destination(d.name, d.pixel_id)
         self.settings = settings
         self.session = session
         self.telemetry = telemetry
         self.clock = clock
         self.rand = rand or random.Random()
         self._stopping = False
+        self._draining = False
         self._tasks: list[asyncio.Task[None]] = []
         self._sends: set[asyncio.Task[None]] = set()
+        self._leased: set[int] = set()  # rows claimed and not yet settled
+        # Wake often enough to notice a row's short backoff (tests use tiny ones).
+        self._poll = min(IDLE_POLL_SECONDS, max(0.01, settings.backoff_base_seconds))
         self._slots = {name: asyncio.Semaphore(settings.concurrency) for name in self.targets}
 
     # ------------------------------------------------------------------ life
@@ -128,23 +150,52 @@ class Drainer:
     async def stop(self, budget: float) -> None:
         """Drain what is due within ``budget`` seconds, then cancel what is left.
 
-        Rows whose requests are cancelled stay leased; the next start releases
-        them and sends them again with the same event_id.
+        Rows whose requests are cancelled are released at once (the attempt
+        refunded); they are sent again, with the same event_id, after the next
+        start. Meta may have received some of them: it deduplicates event_id.
         """
+        self._draining = True
         self.notify()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._drained(), timeout=max(0.0, budget))
+            await asyncio.wait_for(self._drained(self.clock() + budget), timeout=max(0.0, budget))
         self._stopping = True
         for task in [*self._tasks, *self._sends]:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._sends, return_exceptions=True)
+        if self._leased:
+            try:
+                n = await self.outbox.release(sorted(self._leased), now=self.clock())
+            except OutboxError:
+                # Not fatal: the next start releases every lease anyway.
+                log.exception("could not release in-flight rows at shutdown")
+            else:
+                log.info("released %d in-flight deliveries for the next start", n)
+            self._leased.clear()
 
-    async def _drained(self) -> None:
-        """Return once nothing is in flight and no destination has due work."""
-        for target in self.targets.values():
-            target.idle = False
-        while self._sends or not all(t.idle for t in self.targets.values()):
+    async def _drained(self, deadline: float) -> None:
+        """Return once no destination has anything left to try before ``deadline``.
+
+        The drain honours holds and Retry-After: a destination whose next due
+        row comes after the deadline is done, and so is one that failed again
+        during the drain (Meta is still down) or is paused (bad credentials).
+        """
+        while True:
+            if not self._sends:
+                done = [await self._drain_done(t, deadline) for t in self.targets.values()]
+                if all(done):
+                    return
             await asyncio.sleep(0.02)
+
+    async def _drain_done(self, target: Target, deadline: float) -> bool:
+        if target.in_flight:
+            return False
+        if target.paused_since is not None or target.drain_failed:
+            return True
+        now = self.clock()
+        due = await self.outbox.next_due(
+            target.name, oldest_event_time=now - self.settings.max_event_age_seconds
+        )
+        return due is None or max(due, target.hold_until) > deadline
 
     # ------------------------------------------------------------------ loop
     async def _loop(self, target: Target) -> None:
@@ -153,17 +204,19 @@ class Drainer:
             await slots.acquire()
             try:
                 batch = await self._claim(target)
-            except OutboxError:
+            except Exception:
+                # The loop is this destination's only worker: it must outlive
+                # any failure (a full disk, a bug) and try again later.
                 log.exception("claim failed for destination %s", target.name)
                 slots.release()
                 await asyncio.sleep(IDLE_POLL_SECONDS)
                 continue
             if not batch:
                 slots.release()
-                target.idle = True
                 await self._idle(target)
                 continue
-            target.idle = False
+            target.in_flight += 1
+            self._leased.update(c.id for c in batch)
             task = asyncio.create_task(self._send_batch(target, batch))
             self._sends.add(task)
             task.add_done_callback(self._sends.discard)
@@ -172,38 +225,69 @@ class Drainer:
     async def _claim(self, target: Target) -> list[Claimed]:
         now = self.clock()
         s = self.settings
-        if now < target.hold_until:
+        oldest = now - s.max_event_age_seconds
+        if time.monotonic() >= target.next_expiry:
+            target.next_expiry = time.monotonic() + EXPIRE_EVERY_SECONDS
+            await self._expire(target, now, oldest)
+        if now < target.hold_until or (target.probing and target.in_flight):
             return []
         # A paused destination sends one event at a time until Meta accepts again.
         limit = 1 if target.paused_since is not None else s.batch_size
         return await self.outbox.claim(
-            target.name, limit, now=now, lease=s.lease_seconds,
-            oldest_event_time=now - s.max_event_age_seconds,
+            target.name, limit, now=now, lease=s.lease_seconds, oldest_event_time=oldest
+        )
+
+    async def _expire(self, target: Target, now: float, oldest: float) -> None:
+        """Dead-letter this destination's events too old for Meta (never sent)."""
+        expired = await self.outbox.expire_due(target.name, now, oldest)
+        if not expired:
+            return
+        self.telemetry.expired(expired)
+        log.warning(
+            "%d event(s) for destination %s expired undelivered (older than %.0fs); "
+            "they are dead letters",
+            len(expired), target.name, self.settings.max_event_age_seconds,
         )
 
     async def _idle(self, target: Target) -> None:
         target.wake.clear()
+        timeout = self._poll
+        held = target.hold_until - self.clock()
+        if held > 0:
+            timeout = min(max(held, 0.001), IDLE_POLL_SECONDS)
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(target.wake.wait(), IDLE_POLL_SECONDS)
+            await asyncio.wait_for(target.wake.wait(), timeout)
         if self.settings.linger_ms:
             # Let light traffic gather into one batch instead of one request each.
             await asyncio.sleep(self.settings.linger_ms / 1000)
 
     # ------------------------------------------------------------------ send
     async def _send_batch(self, target: Target, batch: list[Claimed]) -> None:
+        cancelled = False
         try:
             await self._deliver(target, batch)
-        except OutboxError:
-            # The rows stay leased and come back after the lease.
+        except asyncio.CancelledError:
+            cancelled = True  # shutdown: stop() releases the rows still leased
+            raise
+        except Exception:
+            # The rows stay leased and come back when the lease runs out.
             log.exception("could not record delivery results for %s", target.name)
+        finally:
+            target.in_flight -= 1
+            if not cancelled:
+                self._leased.difference_update(c.id for c in batch)
+            target.wake.set()
 
     async def _deliver(self, target: Target, batch: list[Claimed]) -> None:
+        sent_while_draining = self._draining
         result = await self._post(target, batch)
         verdict = result.verdict
         if verdict is Verdict.SUCCESS:
             await self._delivered(target, batch)
         elif verdict is Verdict.TRANSIENT:
             self._hold(target, result.retry_after)
+            # Meta still failing during the shutdown drain: stop trying there.
+            target.drain_failed = target.drain_failed or sent_while_draining
             await self._retry(target, batch, result)
         elif verdict is Verdict.CREDENTIALS:
             await self._pause(target, batch, result)
@@ -211,13 +295,22 @@ class Drainer:
             await self._dead(target, batch, result)
         else:
             # Meta rejects the whole batch for one bad event: split until the
-            # bad ones are alone; the halves go out concurrently.
+            # bad ones are alone; the halves go out concurrently. Each step is
+            # one more request, so the lease is renewed to cover it.
+            await self.outbox.extend_lease(
+                [c.id for c in batch], until=self.clock() + self.settings.lease_seconds
+            )
             mid = len(batch) // 2
-            await asyncio.gather(self._deliver(target, batch[:mid]),
-                                 self._deliver(target, batch[mid:]))
+            results = await asyncio.gather(
+                self._deliver(target, batch[:mid]),
+                self._deliver(target, batch[mid:]),
+                return_exceptions=True,
+            )
+            for outcome in results:
+                if isinstance(outcome, BaseException):
+                    raise outcome
 
     async def _post(self, target: Target, batch: list[Claimed]) -> Classified:
-        m = self.telemetry.metrics
         resend = max(c.attempts for c in batch) - 1
         started = time.monotonic()
         with self.telemetry.delivery_span(
@@ -225,25 +318,9 @@ class Drainer:
             [c.message_id for c in batch], resend,
         ) as span:
             result, status, body = await self._request(target, batch)
-            span.set_attribute("http.request.method", "POST")
-            if status is not None:
-                span.set_attribute("http.response.status_code", status)
-            if isinstance(body, dict):
-                if body.get("fbtrace_id"):
-                    span.set_attribute("meta.fbtrace_id", str(body["fbtrace_id"]))
-                if isinstance(body.get("events_received"), int):
-                    span.set_attribute("meta.events_received", body["events_received"])
-            if result.error is not None:
-                if result.error.fbtrace_id:
-                    span.set_attribute("meta.fbtrace_id", result.error.fbtrace_id)
-                if result.error.code is not None:
-                    span.set_attribute("meta.error.code", result.error.code)
-                span.set_attribute("error.type", result.verdict.value)
+            self.telemetry.request_done(span, target.name, batch, status, body, result,
+                                        time.monotonic() - started)
         target.sent_requests += 1
-        m.graph_latency.labels(target.name).observe(time.monotonic() - started)
-        m.batch_size.labels(target.name).observe(len(batch))
-        code = str(result.error.code) if result.error and result.error.code is not None else ""
-        m.graph_requests.labels(target.name, result.verdict.value, code).inc()
         return result
 
     async def _request(
@@ -287,33 +364,18 @@ class Drainer:
             target.paused_since = None
             target.pause_error = None
             self.telemetry.metrics.paused.labels(target.name).set(0)
-        self.telemetry.metrics.deliveries.labels(target.name, "delivered", "").inc(len(batch))
-        self.telemetry.record_coverage(target.name, [_user_data_keys(c.payload) for c in batch])
-        for c in batch:
-            self.telemetry.outcome(traceparent=c.traceparent, message_id=c.message_id,
-                                   event_name=c.event_name, destination=target.name,
-                                   outcome="delivered")
+        self.telemetry.settled(target.name, batch, "delivered")
 
     async def _retry(self, target: Target, batch: list[Claimed], result: Classified) -> None:
         now = self.clock()
-        s = self.settings
-        times = [
-            next_attempt(c.attempts, now=now, base=s.backoff_base_seconds,
-                         cap=s.backoff_cap_seconds, rand=self.rand,
-                         retry_after=result.retry_after)
-            for c in batch
-        ]
+        # A transient failure is the destination's, not the events': the rows
+        # wait for the destination's hold (backoff with full jitter, at least
+        # Retry-After), all of them, so the backlog goes out again in whole
+        # batches once Meta is back instead of trickling out row by row.
         error = result.error.as_dict() if result.error else None
-        await self.outbox.mark_retry([c.id for c in batch], now=now, next_attempt_at=times,
-                                     error=error)
-        code = str(result.error.code) if result.error and result.error.code is not None else ""
-        self.telemetry.metrics.deliveries.labels(target.name, "retry", code).inc(len(batch))
-        for c in batch:
-            self.telemetry.outcome(traceparent=c.traceparent, message_id=c.message_id,
-                                   event_name=c.event_name, destination=target.name,
-                                   outcome="retry",
-                                   code=result.error.code if result.error else None,
-                                   reason=result.error.message if result.error else None)
+        await self.outbox.mark_retry([c.id for c in batch], now=now,
+                                     next_attempt_at=max(target.hold_until, now), error=error)
+        self.telemetry.settled(target.name, batch, "retry", result.error)
 
     async def _pause(self, target: Target, batch: list[Claimed], result: Classified) -> None:
         now = self.clock()
@@ -335,6 +397,7 @@ class Drainer:
             next_attempt_at=now + self.settings.paused_retry_seconds,
             error=error, refund_attempt=True,
         )
+        self.telemetry.settled(target.name, batch, "paused", result.error)
 
     async def _dead(self, target: Target, batch: list[Claimed], result: Classified) -> None:
         now = self.clock()
@@ -342,15 +405,11 @@ class Drainer:
         reason = f"rejected by Meta: {err.message}" if err else "rejected by Meta"
         await self.outbox.mark_dead([c.id for c in batch], now=now, reason=reason,
                                     error=err.as_dict() if err else None)
-        code = str(err.code) if err and err.code is not None else ""
-        self.telemetry.metrics.deliveries.labels(target.name, "dead", code).inc(len(batch))
+        self.telemetry.settled(target.name, batch, "dead", err, reason)
         for c in batch:
             log.warning("event %s dead for %s: %s (code %s, subcode %s, fbtrace_id %s)",
                         c.message_id, target.name, err.message if err else "",
                         err and err.code, err and err.subcode, err and err.fbtrace_id)
-            self.telemetry.outcome(traceparent=c.traceparent, message_id=c.message_id,
-                                   event_name=c.event_name, destination=target.name,
-                                   outcome="dead", code=err.code if err else None, reason=reason)
 
     def status(self) -> dict[str, dict[str, Any]]:
         return {
@@ -361,17 +420,9 @@ class Drainer:
                 "paused_since": t.paused_since,
                 "pause_error": t.pause_error,
                 "requests_sent": t.sent_requests,
+                "consecutive_failures": t.failures,
+                "held_until": t.hold_until if t.hold_until > self.clock() else None,
             }
             for name, t in self.targets.items()
         }
 
-
-def _user_data_keys(payload: bytes) -> list[str]:
-    try:
-        event = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return []
-    user_data = event.get("user_data") if isinstance(event, dict) else None
-    if not isinstance(user_data, dict):
-        return []
-    return [k for k in COVERAGE_FIELDS if k in user_data]

@@ -31,7 +31,7 @@ from aiohttp import web
 from sidecar.errors import OutboxError, OutboxFull
 from sidecar.mapping import Dead, Mapped, Mapper, Skipped
 from sidecar.outbox import NewDelivery, NewEvent, Outbox
-from sidecar.telemetry import Telemetry
+from sidecar.telemetry import Telemetry, coverage_mask
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class Ingest:
         now = self.clock()
         traceparent = self.telemetry.traceparent(span, request.headers)
         events, rejected = self._prepare(messages, context, now, traceparent)
-        span.set_attribute("messaging.batch.message_count", len(messages))
+        self.telemetry.describe_ingest(span, len(messages), events)
         if not events:
             return web.json_response({"success": False, "error": "every message was rejected",
                                       "rejected": rejected}, status=400)
@@ -117,7 +117,7 @@ class Ingest:
         except OutboxError as err:
             log.error("ingest could not store %d messages: %s", len(events), err)
             return _unavailable("the outbox could not store the events; retry later")
-        self._count(events, fresh)
+        self.telemetry.ingested(events, fresh)
         self.on_commit()
         answer: dict[str, Any] = {"success": True}
         if rejected:
@@ -144,7 +144,13 @@ class Ingest:
         events: list[NewEvent] = []
         rejected: list[dict[str, Any]] = []
         m = self.telemetry.metrics
+        # One labelled increment per type and request, not per message: a
+        # labels() lookup costs about as much as validating a message.
+        received: dict[str, int] = {}
         for index, raw in enumerate(messages):
+            kind = raw.get("type") if isinstance(raw, dict) else None
+            label = kind if kind in MESSAGE_TYPES else "invalid"
+            received[label] = received.get(label, 0) + 1
             try:
                 message = validate_message(raw, context, self.limits.max_message_bytes)
             except ValueError as err:
@@ -156,8 +162,9 @@ class Ingest:
             if "messageId" not in message:
                 message["messageId"] = str(uuid.uuid4())
                 m.generated_ids.inc()
-            m.received.labels(message["type"]).inc()
             events.append(self._map(message, now, traceparent))
+        for label, count in received.items():
+            m.received.labels(label).inc(count)
         return events, rejected
 
     def _map(self, message: dict[str, Any], now: float, traceparent: str | None) -> NewEvent:
@@ -169,7 +176,9 @@ class Ingest:
             event_name = event_name or outcome.event_name
             if isinstance(outcome, Mapped):
                 event_time = int(outcome.payload["event_time"])
-                deliveries.append(NewDelivery(name, "pending", orjson.dumps(outcome.payload)))
+                payload = outcome.payload
+                deliveries.append(NewDelivery(name, "pending", orjson.dumps(payload),
+                                              coverage=coverage_mask(payload.get("user_data"))))
             elif isinstance(outcome, Skipped):
                 deliveries.append(NewDelivery(name, "skipped", reason=outcome.reason))
             elif isinstance(outcome, Dead):
@@ -179,14 +188,6 @@ class Ingest:
             received_at=now, event_time=event_time if event_time is not None else int(now),
             traceparent=traceparent, deliveries=tuple(deliveries),
         )
-
-    def _count(self, events: Sequence[NewEvent], fresh: Sequence[bool]) -> None:
-        m = self.telemetry.metrics
-        for ev, is_new in zip(events, fresh, strict=True):
-            if is_new:
-                m.accepted.labels(ev.type).inc()
-            else:
-                m.duplicates.inc()
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -208,7 +209,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     """The request body, decompressed, at most ``limit`` bytes either way."""
     if request.content_length is not None and request.content_length > limit:
         raise BadRequest(413, f"request body of {request.content_length} bytes exceeds {limit}")
-    raw = await request.content.read(limit + 1)
+    raw = await _read_at_most(request, limit + 1)
     if len(raw) > limit:
         raise BadRequest(413, f"request body exceeds {limit} bytes")
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
@@ -224,6 +225,25 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     if len(body) > limit or inflater.unconsumed_tail:
         raise BadRequest(413, f"decompressed body exceeds {limit} bytes")
     return body
+
+
+async def _read_at_most(request: web.Request, most: int) -> bytes:
+    """Up to ``most`` bytes of the body, however many segments it arrives in.
+
+    ``StreamReader.read(n)`` returns only what is buffered so far, which for
+    a body sent in several TCP segments is a prefix of it.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    while size < most:  # each pass adds at least one byte or ends the body
+        chunk = await request.content.read(most - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+        if request.content_length is not None and size >= request.content_length:
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def parse_messages(endpoint: str, body: bytes, limits: Limits) -> tuple[list[Any], Any]:

@@ -47,9 +47,12 @@ def not_ready_reasons(rt: Runtime) -> list[str]:
 
 async def readyz(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
+    # Probe first: a probe that finds room again clears an earlier write
+    # failure, so readiness comes back on its own when disk space returns.
+    writable = rt.outbox is not None and await rt.outbox.check_writable()
     reasons = not_ready_reasons(rt)
-    if not reasons and rt.outbox is not None and not await rt.outbox.check_writable():
-        reasons.append("the outbox database is not writable")
+    if not reasons and not writable:
+        reasons.append("the outbox database is not writable or has no room left")
     if reasons:
         return web.json_response({"ready": False, "reasons": reasons}, status=503)
     return web.json_response({"ready": True})
@@ -78,8 +81,11 @@ async def status_document(rt: Runtime) -> dict[str, Any]:
     stats = await refresh_gauges(rt)
     doc["outbox"] = {"path": str(rt.outbox.path), "pending": rt.outbox.pending,
                      "cap": rt.outbox.cap}
+    figures = rt.telemetry.status()  # counts since start and coverage shares
+    doc["messages"] = figures["messages"]
     for name, info in rt.drainer.status().items():
-        doc["destinations"][name] = {**info, **stats.get(name, {})}
+        doc["destinations"][name] = {**info, **stats.get(name, {}),
+                                     **figures["destinations"].get(name, {})}
     return doc
 
 

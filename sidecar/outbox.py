@@ -13,12 +13,19 @@ mode lets them proceed while the writer commits. We use the standard
 ``sqlite3`` module on these threads rather than aiosqlite because group
 commit needs a whole transaction (many inserts + COMMIT) in a single hop;
 aiosqlite hops to its thread once per statement.
+
+Leases: a claim sets ``leased = 1`` and moves ``next_attempt_at`` to the end
+of the lease, so a row whose holder vanished becomes claimable again when the
+lease runs out, and a restart releases every lease at once. The drainer
+extends a lease while it bisects a batch, so a row is never in two requests
+at once while its holder is alive. docs/outbox.md has the whole design.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.resources
 import logging
 import os
@@ -39,6 +46,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 State = Literal["pending", "delivered", "skipped", "dead"]
 FINAL_STATES: tuple[State, ...] = ("delivered", "skipped", "dead")
+EXPIRED_REASON = "expired: older than Meta's 7-day limit before it could be delivered"
+# Readiness wants room for at least this much more data before it says yes.
+MIN_FREE_BYTES = 1024 * 1024
+PURGE_CHUNK = 5000
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +60,7 @@ class NewDelivery:
     state: State
     payload: bytes | None = None
     reason: str | None = None
+    coverage: int = 0  # user_data fields present (telemetry.coverage_mask)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +84,17 @@ class Claimed:
     message_id: str
     payload: bytes
     attempts: int
+    traceparent: str | None
+    event_name: str | None
+    coverage: int = 0  # user_data fields present (telemetry.coverage_mask)
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    """A delivery the drainer dead-lettered because its event grew too old."""
+
+    destination: str
+    message_id: str
     traceparent: str | None
     event_name: str | None
 
@@ -125,13 +148,22 @@ class Outbox:
         self.pending = 0  # pending deliveries, kept in memory for the cap check
         self.write_failed = False  # last commit failed (disk full, I/O); cleared by a success
         self.commits = 0
+        self._default_max_pages = 0
 
     # ------------------------------------------------------------------ life
     async def open(self) -> None:
         """Open (creating if needed), migrate, and release leases of a dead process."""
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._writer, self._open_writer)
-        await loop.run_in_executor(self._reader, self._open_reader)
+        try:
+            await loop.run_in_executor(self._writer, self._open_writer)
+            await loop.run_in_executor(self._reader, self._open_reader)
+        except BaseException:
+            # close() is never called for an outbox that did not open.
+            if self._wcon is not None:
+                self._wcon.close()
+            self._writer.shutdown(wait=False)
+            self._reader.shutdown(wait=False)
+            raise
         self._queue = asyncio.Queue()
         self._commit_task = asyncio.create_task(self._commit_loop(), name="outbox-commit")
 
@@ -140,9 +172,13 @@ class Outbox:
             self._commit_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._commit_task
+        while self._queue is not None and not self._queue.empty():
+            waiting = self._queue.get_nowait()
+            if not waiting.future.done():
+                waiting.future.set_exception(OutboxError("the outbox is closing"))
         loop = asyncio.get_running_loop()
         if self._wcon is not None:
-            await loop.run_in_executor(self._writer, self._wcon.close)
+            await loop.run_in_executor(self._writer, _checkpoint_and_close, self._wcon)
         if self._rcon is not None:
             await loop.run_in_executor(self._reader, self._rcon.close)
         self._writer.shutdown(wait=True)
@@ -165,16 +201,14 @@ class Outbox:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
             os.close(fd)
+        if not fresh:
+            self._quick_check()
         try:
             con = self._connect()
             # Checkpoints run on the reader thread (checkpoint()), never inside
             # an ingest commit, so a commit's latency is one WAL append.
             con.execute("PRAGMA wal_autocheckpoint=0")
             con.execute("PRAGMA journal_size_limit=67108864")
-            if not fresh:
-                row = con.execute("PRAGMA quick_check").fetchone()
-                if row is None or row[0] != "ok":
-                    raise OutboxCorrupt(self._corrupt_message(str(row and row[0])))
             self._migrate(con)
             if self._resume_leases:
                 con.execute(
@@ -186,8 +220,33 @@ class Outbox:
                 "SELECT COUNT(*) FROM deliveries WHERE state = 'pending'"
             ).fetchone()[0]
         except sqlite3.DatabaseError as err:
-            raise OutboxCorrupt(self._corrupt_message(str(err))) from err
+            if getattr(err, "sqlite_errorname", "") in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+                raise OutboxCorrupt(self._corrupt_message(str(err))) from err
+            raise OutboxError(f"cannot open the outbox database {self.path}: {err}") from err
+        self._default_max_pages = int(con.execute("PRAGMA max_page_count").fetchone()[0])
         self._wcon = con
+
+    def _quick_check(self) -> None:
+        """Check the file as it lies on disk before anything may write to it.
+
+        ``immutable=1`` opens it without locks, ``-wal`` or ``-shm`` files, so a
+        damaged database is left exactly as found (evidence, not a crash loop
+        that rewrites it). The main file alone is consistent in WAL mode: pages
+        reach it only through checkpoints, and SQLite checksums WAL frames.
+        """
+        uri = self.path.resolve().as_uri() + "?mode=ro&immutable=1"
+        try:
+            con = sqlite3.connect(uri, uri=True)
+            try:
+                row = con.execute("PRAGMA quick_check").fetchone()
+            finally:
+                con.close()
+        except sqlite3.DatabaseError as err:
+            if getattr(err, "sqlite_errorname", "") in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+                raise OutboxCorrupt(self._corrupt_message(str(err))) from err
+            raise OutboxError(f"cannot open the outbox database {self.path}: {err}") from err
+        if row is None or row[0] != "ok":
+            raise OutboxCorrupt(self._corrupt_message(str(row and row[0])))
 
     def _corrupt_message(self, detail: str) -> str:
         return (
@@ -262,7 +321,12 @@ class Outbox:
                 group.append(self._queue.get_nowait())
             try:
                 results = await self._on_writer(self._insert, [p.events for p in group])
-            except OutboxError as err:
+            except Exception as err:
+                # Whatever failed, this loop must survive it: every later ingest
+                # waits on it. The callers answer 503; nothing was acknowledged.
+                if not isinstance(err, OutboxError):
+                    log.exception("unexpected error while committing ingested events")
+                    err = OutboxWriteError(f"outbox write failed: {err!r}")
                 for item in group:
                     if not item.future.done():
                         item.future.set_exception(err)
@@ -286,11 +350,12 @@ class Outbox:
                     added_pending += pending
                 out.append(flags)
             con.execute("COMMIT")
-        except sqlite3.Error as err:
-            with contextlib.suppress(sqlite3.Error):
-                con.execute("ROLLBACK")
+        except BaseException as err:
+            _rollback(con)
             self.write_failed = True
-            raise OutboxWriteError(f"outbox write failed: {err}") from err
+            if isinstance(err, sqlite3.Error):
+                raise OutboxWriteError(f"outbox write failed: {err}") from err
+            raise
         self.write_failed = False
         self.pending += added_pending
         self.commits += 1
@@ -308,10 +373,10 @@ class Outbox:
             return False, 0
         con.executemany(
             "INSERT INTO deliveries (event_id, destination, state, payload, event_time, "
-            "next_attempt_at, reason, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "next_attempt_at, reason, updated_at, coverage) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (row[0], d.destination, d.state, d.payload, ev.event_time, ev.received_at,
-                 d.reason, ev.received_at)
+                 d.reason, ev.received_at, d.coverage)
                 for d in ev.deliveries
             ],
         )
@@ -339,7 +404,7 @@ class Outbox:
                 " SELECT id FROM deliveries WHERE destination = ? AND state = 'pending'"
                 " AND next_attempt_at <= ? AND event_time >= ?"
                 " ORDER BY next_attempt_at, id LIMIT ?) "
-                "RETURNING id, event_id, payload, attempts",
+                "RETURNING id, event_id, payload, attempts, coverage",
                 (now + lease, now, destination, now, oldest, limit),
             ).fetchall()
             meta: dict[int, tuple[str, str | None, str | None]] = {}
@@ -352,13 +417,15 @@ class Outbox:
                 ):
                     meta[eid] = (mid, tp, name)
             con.execute("COMMIT")
-        except sqlite3.Error as err:
-            with contextlib.suppress(sqlite3.Error):
-                con.execute("ROLLBACK")
-            raise OutboxWriteError(f"claim failed: {err}") from err
+        except BaseException as err:
+            _rollback(con)
+            if isinstance(err, sqlite3.Error):
+                raise OutboxWriteError(f"claim failed: {err}") from err
+            raise
         rows.sort(key=lambda r: r[0])
         return [
-            Claimed(r[0], meta[r[1]][0], r[2], r[3], meta[r[1]][1], meta[r[1]][2]) for r in rows
+            Claimed(r[0], meta[r[1]][0], r[2], r[3], meta[r[1]][1], meta[r[1]][2], r[4])
+            for r in rows
         ]
 
     async def mark_delivered(self, ids: Iterable[int], *, now: float) -> None:
@@ -430,45 +497,97 @@ class Outbox:
             con.execute("BEGIN IMMEDIATE")
             result = fn(con)
             con.execute("COMMIT")
-        except sqlite3.Error as err:
-            with contextlib.suppress(sqlite3.Error):
-                con.execute("ROLLBACK")
-            raise OutboxWriteError(f"outbox write failed: {err}") from err
+        except BaseException as err:
+            # Never leave a transaction open on the shared connection: every
+            # later BEGIN would fail and the outbox would be dead.
+            _rollback(con)
+            if isinstance(err, sqlite3.Error):
+                raise OutboxWriteError(f"outbox write failed: {err}") from err
+            raise
         return result
 
     async def expire(self, *, now: float, oldest_event_time: float) -> list[str]:
-        """Dead-letter pending, unleased deliveries whose event is too old for Meta."""
+        """Dead-letter every destination's too-old deliveries; their destinations."""
+        return [e.destination for e in await self.expire_due(None, now, oldest_event_time)]
 
-        def run(con: sqlite3.Connection) -> list[str]:
-            rows = con.execute(
-                "UPDATE deliveries SET state = 'dead', reason = ?, updated_at = ? "
-                "WHERE state = 'pending' AND leased = 0 AND event_time < ? RETURNING destination",
-                ("expired: older than Meta's 7-day limit before it could be delivered",
-                 now, oldest_event_time),
-            ).fetchall()
-            return [str(r[0]) for r in rows]
+    async def expire_due(
+        self, destination: str | None, now: float, oldest_event_time: float
+    ) -> list[Expired]:
+        """Dead-letter pending deliveries whose event is older than ``oldest_event_time``.
+
+        Meta fails a whole request for one event older than 7 days, so such an
+        event must never be claimed (``claim`` skips it) and ends here as dead.
+        A row under a live lease is left to its holder; a row whose lease ran
+        out (its holder is gone) is fair game.
+        """
+
+        def run(con: sqlite3.Connection) -> list[Expired]:
+            sql = (
+                "UPDATE deliveries SET state = 'dead', leased = 0, reason = ?, updated_at = ? "
+                "WHERE state = 'pending' AND event_time < ? "
+                "AND (leased = 0 OR next_attempt_at <= ?)"
+            )
+            args: list[Any] = [EXPIRED_REASON, now, oldest_event_time, now]
+            if destination is not None:
+                sql += " AND destination = ?"
+                args.append(destination)
+            rows = con.execute(sql + " RETURNING destination, event_id", args).fetchall()
+            meta = _event_meta(con, [r[1] for r in rows])
+            return [Expired(r[0], *meta[r[1]]) for r in rows]
 
         expired = await self._transaction(run)
         self.pending -= len(expired)
         return expired
 
-    async def purge(self, *, now: float, delivered_age: float, dead_age: float) -> int:
-        """Delete final rows past their retention, then events left without rows."""
+    async def extend_lease(self, ids: Iterable[int], *, until: float) -> None:
+        """Keep rows leased until ``until`` (the drainer calls it between bisect steps)."""
+        idl = list(ids)
+        if not idl:
+            return
+
+        def run(con: sqlite3.Connection) -> None:
+            con.execute(
+                "UPDATE deliveries SET next_attempt_at = max(next_attempt_at, ?) "
+                "WHERE id IN (SELECT value FROM json_each(?)) AND state = 'pending' AND leased = 1",
+                (until, orjson.dumps(idl).decode()),
+            )
+
+        await self._transaction(run)
+
+    async def release(self, ids: Iterable[int], *, now: float) -> int:
+        """Give leased rows back at once, the attempt refunded (a shutdown cut it short)."""
+        idl = list(ids)
+        if not idl:
+            return 0
 
         def run(con: sqlite3.Connection) -> int:
-            n = con.execute(
-                "DELETE FROM deliveries WHERE "
-                "(state IN ('delivered', 'skipped') AND updated_at < ?) "
-                "OR (state = 'dead' AND updated_at < ?)",
-                (now - delivered_age, now - dead_age),
-            ).rowcount
-            con.execute(
-                "DELETE FROM events WHERE NOT EXISTS "
-                "(SELECT 1 FROM deliveries d WHERE d.event_id = events.id)"
+            return int(
+                con.execute(
+                    "UPDATE deliveries SET leased = 0, next_attempt_at = ?, "
+                    "attempts = max(attempts - 1, 0) "
+                    "WHERE id IN (SELECT value FROM json_each(?)) "
+                    "AND state = 'pending' AND leased = 1",
+                    (now, orjson.dumps(idl).decode()),
+                ).rowcount
             )
-            return int(n)
 
         return await self._transaction(run)
+
+    async def purge(self, *, now: float, delivered_age: float, dead_age: float) -> int:
+        """Delete final rows past their retention, and events left without rows.
+
+        Runs in chunks of ``PURGE_CHUNK`` rows, one short transaction each, so
+        a large purge never holds the write lock long enough to delay ingest.
+        Returns the number of delivery rows deleted.
+        """
+        total = 0
+        for kind, age in (("done", delivered_age), ("dead", dead_age)):
+            while True:
+                n = await self._transaction(functools.partial(_purge_chunk, kind, now - age))
+                total += n
+                if n < PURGE_CHUNK:
+                    break
+        return total
 
     # ---------------------------------------------------------- dead letters
     async def retry_dead(self, *, destination: str | None, message_ids: Sequence[str] | None,
@@ -488,10 +607,13 @@ class Outbox:
 
     async def purge_dead(self, *, destination: str | None,
                          message_ids: Sequence[str] | None) -> int:
+        """Delete dead deliveries (all, one destination, or some events) now."""
         def run(con: sqlite3.Connection) -> int:
             sql, args = _narrow("DELETE FROM deliveries WHERE state = 'dead'", [],
                                 destination, message_ids)
-            return int(con.execute(sql, args).rowcount)
+            rows = con.execute(sql + " RETURNING event_id", args).fetchall()
+            _drop_orphan_events(con, [r[0] for r in rows])
+            return len(rows)
 
         return await self._transaction(run)
 
@@ -577,16 +699,68 @@ class Outbox:
         self.pending = sum(entry["pending"] for entry in stats.values())
         return stats
 
+    async def next_due(self, destination: str, *, oldest_event_time: float) -> float | None:
+        """When the destination's next claimable row is due (``None``: nothing pending)."""
+
+        def run() -> float | None:
+            con = self._rcon
+            assert con is not None
+            row = con.execute(
+                "SELECT MIN(next_attempt_at) FROM deliveries WHERE destination = ? "
+                "AND state = 'pending' AND event_time >= ?",
+                (destination, oldest_event_time),
+            ).fetchone()
+            return None if row[0] is None else float(row[0])
+
+        return await self._on_reader(run)
+
     async def check_writable(self) -> bool:
-        """Readiness probe: a write transaction can be opened and committed."""
+        """Readiness probe: a write transaction opens and there is room to grow.
+
+        Room means both the size limit (``set_size_limit``) and the file
+        system have space left. After a failed write, a probe that finds room
+        again clears ``write_failed``: readiness recovers on its own when space
+        returns, without waiting for an ingest to succeed first.
+        """
         def run(con: sqlite3.Connection) -> bool:
             con.execute("SELECT 1 FROM schema_migrations LIMIT 1").fetchone()
-            return True
+            return self._has_room(con)
 
         try:
-            return await self._transaction(run)
+            ok = await self._transaction(run)
         except OutboxError:
             return False
+        if ok:
+            self.write_failed = False
+        return ok
+
+    def _has_room(self, con: sqlite3.Connection) -> bool:
+        page_size = int(con.execute("PRAGMA page_size").fetchone()[0])
+        used = int(con.execute("PRAGMA page_count").fetchone()[0])
+        free = int(con.execute("PRAGMA freelist_count").fetchone()[0])
+        limit = int(con.execute("PRAGMA max_page_count").fetchone()[0])
+        if (limit - used + free) * page_size < MIN_FREE_BYTES:
+            return False
+        try:
+            fs = os.statvfs(self.path.parent)
+        except OSError:
+            return False
+        return fs.f_bavail * fs.f_frsize >= MIN_FREE_BYTES
+
+    async def set_size_limit(self, max_bytes: int | None) -> int:
+        """Cap the database at ``max_bytes`` (``None``: no cap); the effective bytes.
+
+        Past the cap an insert fails like a full disk does (SQLITE_FULL): ingest
+        answers 503 with Retry-After and readiness turns false. SQLite never
+        shrinks the cap below the current size.
+        """
+        def run(con: sqlite3.Connection) -> int:
+            page_size = int(con.execute("PRAGMA page_size").fetchone()[0])
+            pages = self._default_max_pages if max_bytes is None else max_bytes // page_size
+            row = con.execute(f"PRAGMA max_page_count = {max(1, int(pages))}").fetchone()
+            return int(row[0]) * page_size
+
+        return await self._on_writer(run, self._wcon)
 
     async def checkpoint(self) -> tuple[int, int]:
         """Move WAL content into the database file; called off the request path."""
@@ -597,6 +771,59 @@ class Outbox:
             return int(row[1]), int(row[2])
 
         return await self._on_reader(run)
+
+
+def _checkpoint_and_close(con: sqlite3.Connection) -> None:
+    # Leave a compact file behind: the next start (or a backup) finds the WAL
+    # folded into the database. Busy readers only make this a partial one.
+    with contextlib.suppress(sqlite3.Error):
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+
+
+def _rollback(con: sqlite3.Connection) -> None:
+    if con.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            con.execute("ROLLBACK")
+
+
+def _event_meta(
+    con: sqlite3.Connection, event_ids: Sequence[int]
+) -> dict[int, tuple[str, str | None, str | None]]:
+    """message_id, traceparent and event_name of some events, by events.id."""
+    if not event_ids:
+        return {}
+    rows = con.execute(
+        "SELECT id, message_id, traceparent, event_name FROM events "
+        "WHERE id IN (SELECT value FROM json_each(?))",
+        (orjson.dumps(list(event_ids)).decode(),),
+    )
+    return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+
+_PURGE_SQL = {
+    # Both use the partial index deliveries_final (state, updated_at).
+    "done": "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries "
+    "WHERE state IN ('delivered', 'skipped') AND updated_at < ? LIMIT ?) RETURNING event_id",
+    "dead": "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries "
+    "WHERE state = 'dead' AND updated_at < ? LIMIT ?) RETURNING event_id",
+}
+
+
+def _purge_chunk(kind: str, cutoff: float, con: sqlite3.Connection) -> int:
+    rows = con.execute(_PURGE_SQL[kind], (cutoff, PURGE_CHUNK)).fetchall()
+    _drop_orphan_events(con, [r[0] for r in rows])
+    return len(rows)
+
+
+def _drop_orphan_events(con: sqlite3.Connection, event_ids: Sequence[int]) -> None:
+    """Delete those of ``event_ids`` that no delivery row refers to any more."""
+    if event_ids:
+        con.execute(
+            "DELETE FROM events WHERE id IN (SELECT value FROM json_each(?)) AND NOT EXISTS "
+            "(SELECT 1 FROM deliveries d WHERE d.event_id = events.id)",
+            (orjson.dumps(sorted(set(event_ids))).decode(),),
+        )
 
 
 def _narrow(sql: str, args: list[Any], destination: str | None,

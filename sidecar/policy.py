@@ -9,15 +9,34 @@ message text.
     Transient   retry the same batch later (backoff with full jitter)
     Invalid     Meta rejected the payload: bisect a batch, dead-letter a single event
     Credentials the token, app or pixel is wrong: pause the destination, keep events
+
+The order of the rules, first match wins (docs/delivery.md has the table):
+
+1. 2xx                                              success
+2. ``is_transient: true``, HTTP 429                  transient
+3. no Graph error body (network, proxy, 5xx page)    transient
+4. codes 1, 2, 4, 17, 32, 341, 368, 613, 5000,
+   80000-80014, any negative code                    transient
+5. codes 3, 10, 102, 104, 190, 200-299, 100/33        credentials
+6. code 100 (subcodes 2804xxx and the rest)          invalid
+7. any other code on a 5xx                           transient
+8. any other code on a 4xx                           credentials
+
+Rule 8 is our choice where the spec is silent: an unknown code says nothing
+about one event (it is typically a wrong API version or a retired feature),
+and treating it as invalid would bisect every batch and dead-letter every
+event. Pausing keeps the events and tells the operator, loudly.
 """
 
 from __future__ import annotations
 
 import email.utils
 import enum
+import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 
 # Graph codes that mean "try again later" (Meta's error reference; throttling
@@ -28,6 +47,8 @@ TRANSIENT_CODES = frozenset({1, 2, 4, 17, 32, 341, 368, 613, 5000, *range(80000,
 CREDENTIAL_CODES = frozenset({3, 10, 102, 104, 190, *range(200, 300)})
 # 100/33: the pixel does not exist or the token cannot see it.
 OBJECT_ACCESS_SUBCODE = 33
+# Meta's throttling windows are up to an hour (codes 17, 613); a longer
+# Retry-After is more likely a misconfigured proxy than a real instruction.
 MAX_RETRY_AFTER = 3600.0
 
 
@@ -116,8 +137,9 @@ def _verdict(status: int, error: GraphError) -> Verdict:
         return Verdict.INVALID
     if status >= 500:
         return Verdict.TRANSIENT
-    # Any other 4xx Graph code is about the request's content.
-    return Verdict.INVALID
+    # An unknown code on a 4xx is about the request or the destination, not one
+    # event (rule 8 in the module docstring): keep the events, pause loudly.
+    return Verdict.CREDENTIALS
 
 
 def network_error(kind: str) -> Classified:
@@ -132,18 +154,30 @@ def backoff(attempts: int, *, base: float, cap: float, rand: random.Random) -> f
 
 
 def parse_retry_after(value: str | None, *, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date)."""
+    """Seconds to wait from a ``Retry-After`` header (RFC 9110 §10.2.3).
+
+    Accepts delta-seconds (a decimal fraction too, leniently) and an HTTP-date
+    (a date without a zone is read as UTC); a date in the past means "now".
+    The wait is capped at ``MAX_RETRY_AFTER``; a value that cannot be read is
+    ignored (``None``), so plain backoff applies.
+    """
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return min(float(value), MAX_RETRY_AFTER)
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = None
+    if seconds is not None:
+        if not math.isfinite(seconds) or seconds < 0:
+            return None
+        return min(seconds, MAX_RETRY_AFTER)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError):
         return None
     if when.tzinfo is None:
-        return None
+        when = when.replace(tzinfo=UTC)
     return min(max(0.0, when.timestamp() - now), MAX_RETRY_AFTER)
 
 

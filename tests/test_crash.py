@@ -1,0 +1,147 @@
+"""kill -9 and bad files: the real ``capi-sidecar serve`` command in a subprocess.
+
+A SIGKILL can land anywhere; what was acknowledged must survive it, what was
+in flight must be sent again with the same event_id, and a damaged database
+must stop the start loudly without being touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from sidecar.outbox import NewDelivery, NewEvent, Outbox
+from sidecar.sandbox import Fault, SandboxState, start_sandbox
+from tests.conftest import PIXEL, TOKEN
+from tests.invariants import (
+    SidecarProcess,
+    assert_no_loss,
+    batch,
+    delivery_rows,
+    eventually,
+    post_batch,
+    stored_message_ids,
+    wait_until_settled,
+)
+
+
+@pytest.fixture
+async def graph() -> AsyncIterator[tuple[str, SandboxState]]:
+    runner, url, state = await start_sandbox(access_token=TOKEN, pixel_id=PIXEL)
+    yield url, state
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest.fixture
+def sidecar_process(tmp_path: Path, graph: tuple[str, SandboxState]) -> SidecarProcess:
+    proc = SidecarProcess(db_path=tmp_path / "outbox.db", graph_url=graph[0], token=TOKEN,
+                          pixel_id=PIXEL, log_path=tmp_path / "sidecar.log")
+    yield proc  # type: ignore[misc]
+    proc.stop()
+
+
+async def test_a_sidecar_killed_mid_delivery_redelivers_with_the_same_event_id_after_restart(
+    graph: tuple[str, SandboxState], session: aiohttp.ClientSession,
+    sidecar_process: SidecarProcess,
+) -> None:
+    _, state = graph
+    # Meta holds the first request, then drops it: the kill lands while it is in flight.
+    state.inject(Fault(delay_seconds=30, drop_connection=True, times=1))
+    await sidecar_process.start_ready(session)
+    messages = batch(10)
+    ids = [m["messageId"] for m in messages]
+    assert (await post_batch(session, sidecar_process.url, messages)).status == 200
+    await eventually(lambda: len(state.faults) == 0, what="the request in flight")
+    rows = delivery_rows(sidecar_process.db_path)
+    assert {r.leased for r in rows.values()} == {1}
+    sidecar_process.kill()
+
+    await sidecar_process.start_ready(session)
+    await wait_until_settled(sidecar_process.db_path)
+    settled = assert_no_loss(sidecar_process.db_path, ids, {"default": state})
+    assert settled.delivered["default"] == set(ids)
+    assert sorted(e["event_id"] for e in state.events) == sorted(ids)
+    assert {r.attempts for r in delivery_rows(sidecar_process.db_path).values()} == {2}
+
+
+async def _hammer(session: aiohttp.ClientSession, url: str, acked: set[str]) -> None:
+    """One client posting batches until the sidecar stops answering."""
+    while True:
+        messages = batch(20)
+        try:
+            resp = await post_batch(session, url, messages)
+        except (TimeoutError, aiohttp.ClientError):
+            return
+        if resp.status == 200:
+            acked.update(m["messageId"] for m in messages)
+
+
+@pytest.mark.parametrize("kill_after", [150, 600])
+async def test_every_event_acknowledged_before_a_kill_minus_nine_is_stored_and_delivered(
+    graph: tuple[str, SandboxState], session: aiohttp.ClientSession,
+    sidecar_process: SidecarProcess, kill_after: int,
+) -> None:
+    _, state = graph
+    await sidecar_process.start_ready(session)
+    acked: set[str] = set()
+    clients = [asyncio.create_task(_hammer(session, sidecar_process.url, acked))
+               for _ in range(8)]
+    await eventually(lambda: len(acked) >= kill_after, timeout=20, what="acknowledgements")
+    sidecar_process.kill()
+    await asyncio.wait_for(asyncio.gather(*clients), 10)
+    missing = acked - stored_message_ids(sidecar_process.db_path)
+    assert not missing, f"{len(missing)} acknowledged events lost by the kill"
+
+    await sidecar_process.start_ready(session)
+    await wait_until_settled(sidecar_process.db_path, timeout=20)
+    settled = assert_no_loss(sidecar_process.db_path, acked, {"default": state})
+    assert acked <= settled.delivered["default"]
+
+
+def _run_serve(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sidecar.cli", "serve"], env=env,
+                          capture_output=True, text=True, timeout=30, check=False)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "bad header"])
+async def test_a_corrupt_database_stops_the_start_with_advice_and_is_left_as_evidence(
+    sidecar_process: SidecarProcess, damage: str,
+) -> None:
+    db = sidecar_process.db_path
+    outbox = Outbox(db)
+    await outbox.open()
+    await outbox.add([NewEvent(f"m{i}", "page", "PageView", 0.0, 0, None,
+                               (NewDelivery("default", "pending", b"x" * 500),))
+                      for i in range(300)])
+    await outbox.close()
+    data = db.read_bytes()
+    if damage == "garbage":
+        db.write_bytes(bytes(range(256)) * 64)
+    elif damage == "truncated":
+        db.write_bytes(data[: len(data) // 2])
+    else:
+        db.write_bytes(b"definitely not SQLite" + data[21:])
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    files_before = sorted(p.name for p in db.parent.iterdir())
+
+    for _ in range(2):  # a restart loop must not wear the evidence away either
+        result = await asyncio.to_thread(_run_serve, sidecar_process.env())
+        assert result.returncode == 1, result.stderr
+        assert str(db) in result.stderr
+        assert "move it aside" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in db.parent.iterdir()) == files_before

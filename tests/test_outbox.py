@@ -1,0 +1,352 @@
+"""The SQLite outbox on a real database file: commit, claim, lease, marks, expiry, retention."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sqlite3
+import stat
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sidecar.errors import OutboxCorrupt, OutboxFull, OutboxWriteError
+from sidecar.outbox import EXPIRED_REASON, NewDelivery, NewEvent, Outbox
+
+T0 = 1_790_000_000.0
+DAY = 86400.0
+
+
+class Clock:
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def event(mid: str, *, at: float = T0, dests: tuple[str, ...] = ("a",),
+          payload: Any = b'{"event_name":"PageView"}', state: str = "pending") -> NewEvent:
+    return NewEvent(
+        message_id=mid, type="page", event_name="PageView", received_at=at, event_time=int(at),
+        traceparent=None,
+        deliveries=tuple(NewDelivery(d, state, payload if state == "pending" else None,  # type: ignore[arg-type]
+                                     None if state == "pending" else "filtered")
+                         for d in dests),
+    )
+
+
+@pytest.fixture
+async def open_outbox(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    opened: list[Outbox] = []
+
+    async def make(**kw: Any) -> Outbox:
+        kw.setdefault("clock", Clock())
+        box = Outbox(tmp_path / "outbox.db", **kw)
+        await box.open()
+        opened.append(box)
+        return box
+
+    yield make
+    for box in opened:
+        if box._wcon is not None:
+            await box.close()
+
+
+async def close(box: Outbox) -> None:
+    await box.close()
+    box._wcon = None
+
+
+async def test_a_new_database_file_is_private_to_its_owner(open_outbox: Any,
+                                                            tmp_path: Path) -> None:
+    await open_outbox()
+    mode = stat.S_IMODE((tmp_path / "outbox.db").stat().st_mode)
+    assert mode == 0o600
+
+
+async def test_concurrent_adds_share_commits_and_all_are_stored(open_outbox: Any) -> None:
+    box = await open_outbox()
+    results = await asyncio.gather(*(box.add([event(f"m{i}")]) for i in range(200)))
+    assert results == [[True]] * 200
+    assert box.commits < 200 / 4  # grouped, not one fsync per request
+    assert box.pending == 200
+
+
+async def test_a_repeated_message_id_is_reported_and_stored_once(open_outbox: Any) -> None:
+    box = await open_outbox()
+    assert await box.add([event("m1"), event("m1")]) == [True, False]
+    assert await box.add([event("m1")]) == [False]
+    assert box.pending == 1
+
+
+async def test_a_failed_commit_stores_nothing_and_the_next_one_works(open_outbox: Any) -> None:
+    box = await open_outbox()
+    with pytest.raises(OutboxWriteError):
+        await box.add([event("good"), event("bad", payload=object())])
+    assert box.write_failed
+    assert await box.event_status("good") is None
+    assert await box.add([event("good")]) == [True]
+    assert not box.write_failed
+
+
+async def test_claim_leases_the_oldest_due_rows_and_hides_them_until_the_lease_ends(
+    open_outbox: Any,
+) -> None:
+    clock = Clock()
+    box = await open_outbox(clock=clock)
+    await box.add([event(f"m{i}", at=T0 + i) for i in range(5)])
+    first = await box.claim("a", 3, now=T0 + 10, lease=60, oldest_event_time=0)
+    assert [c.message_id for c in first] == ["m0", "m1", "m2"]
+    assert all(c.attempts == 1 for c in first)
+    second = await box.claim("a", 10, now=T0 + 11, lease=60, oldest_event_time=0)
+    assert [c.message_id for c in second] == ["m3", "m4"]
+    assert await box.claim("a", 10, now=T0 + 69, lease=60, oldest_event_time=0) == []
+    again = await box.claim("a", 10, now=T0 + 70.5, lease=60, oldest_event_time=0)
+    assert [c.message_id for c in again] == ["m0", "m1", "m2"]
+    assert all(c.attempts == 2 for c in again)
+
+
+async def test_claims_are_per_destination(open_outbox: Any) -> None:
+    box = await open_outbox()
+    await box.add([event("m1", dests=("a", "b"))])
+    a = await box.claim("a", 10, now=T0, lease=60, oldest_event_time=0)
+    b = await box.claim("b", 10, now=T0, lease=60, oldest_event_time=0)
+    assert [c.message_id for c in a] == [c.message_id for c in b] == ["m1"]
+    await box.mark_delivered([a[0].id], now=T0)
+    status = await box.event_status("m1")
+    assert status is not None
+    assert status["destinations"]["a"]["state"] == "delivered"
+    assert status["destinations"]["b"]["state"] == "pending"
+
+
+async def test_a_restart_releases_the_leases_of_the_dead_process(open_outbox: Any) -> None:
+    box = await open_outbox()
+    await box.add([event("m1")])
+    assert await box.claim("a", 10, now=T0, lease=600, oldest_event_time=0)
+    await close(box)
+    reopened = await open_outbox(clock=Clock(T0 + 1))
+    again = await reopened.claim("a", 10, now=T0 + 1, lease=600, oldest_event_time=0)
+    assert [c.message_id for c in again] == ["m1"]
+
+
+async def test_the_cli_opening_the_file_does_not_steal_the_servers_leases(
+    open_outbox: Any,
+) -> None:
+    box = await open_outbox()
+    await box.add([event("m1")])
+    assert await box.claim("a", 10, now=T0, lease=600, oldest_event_time=0)
+    cli = await open_outbox(resume_leases=False)
+    status = await cli.event_status("m1")
+    assert status is not None and status["destinations"]["a"]["in_flight"] is True
+    await close(cli)
+    assert await box.claim("a", 10, now=T0 + 1, lease=600, oldest_event_time=0) == []
+
+
+async def test_delivered_rows_drop_their_payload_and_leave_the_pending_count(
+    open_outbox: Any, tmp_path: Path,
+) -> None:
+    box = await open_outbox()
+    await box.add([event("m1"), event("m2")])
+    claimed = await box.claim("a", 10, now=T0, lease=60, oldest_event_time=0)
+    await box.mark_delivered([c.id for c in claimed], now=T0)
+    await box.mark_delivered([c.id for c in claimed], now=T0)  # twice: no effect
+    assert box.pending == 0
+    with sqlite3.connect(tmp_path / "outbox.db") as con:
+        assert con.execute("SELECT COUNT(*) FROM deliveries WHERE payload IS NOT NULL"
+                           ).fetchone()[0] == 0
+
+
+async def test_a_final_state_is_never_left_again_by_a_late_mark(open_outbox: Any) -> None:
+    box = await open_outbox()
+    await box.add([event("m1")])
+    (c,) = await box.claim("a", 10, now=T0, lease=60, oldest_event_time=0)
+    await box.mark_dead([c.id], now=T0, reason="rejected by Meta: bad", error={"code": 100})
+    await box.mark_retry([c.id], now=T0, next_attempt_at=T0, error=None)
+    await box.mark_delivered([c.id], now=T0)
+    status = await box.event_status("m1")
+    assert status is not None
+    assert status["destinations"]["a"]["state"] == "dead"
+    assert status["destinations"]["a"]["last_error"] == {"code": 100}
+
+
+async def test_a_retry_with_refund_does_not_count_the_attempt(open_outbox: Any) -> None:
+    box = await open_outbox()
+    await box.add([event("m1")])
+    (c,) = await box.claim("a", 10, now=T0, lease=60, oldest_event_time=0)
+    await box.mark_retry([c.id], now=T0, next_attempt_at=T0 + 5, error={"code": 190},
+                         refund_attempt=True)
+    assert await box.claim("a", 10, now=T0 + 4, lease=60, oldest_event_time=0) == []
+    (again,) = await box.claim("a", 10, now=T0 + 5, lease=60, oldest_event_time=0)
+    assert again.attempts == 1
+
+
+async def test_release_gives_leased_rows_back_at_once(open_outbox: Any) -> None:
+    box = await open_outbox()
+    await box.add([event("m1")])
+    (c,) = await box.claim("a", 10, now=T0, lease=600, oldest_event_time=0)
+    assert await box.release([c.id], now=T0 + 1) == 1
+    (again,) = await box.claim("a", 10, now=T0 + 1, lease=600, oldest_event_time=0)
+    assert again.attempts == 1
+
+
+async def test_extending_a_lease_keeps_the_rows_hidden(open_outbox: Any) -> None:
+    box = await open_outbox()
+    await box.add([event("m1")])
+    (c,) = await box.claim("a", 10, now=T0, lease=60, oldest_event_time=0)
+    await box.extend_lease([c.id], until=T0 + 120)
+    assert await box.claim("a", 10, now=T0 + 90, lease=60, oldest_event_time=0) == []
+    assert await box.claim("a", 10, now=T0 + 121, lease=60, oldest_event_time=0)
+
+
+async def test_too_old_events_are_never_claimed_and_expire_as_dead(open_outbox: Any) -> None:
+    box = await open_outbox()
+    await box.add([event("old", at=T0 - 8 * DAY), event("young", at=T0)])
+    claimed = await box.claim("a", 10, now=T0, lease=60, oldest_event_time=T0 - 7 * DAY)
+    assert [c.message_id for c in claimed] == ["young"]
+    expired = await box.expire_due("a", T0, T0 - 7 * DAY)
+    assert [e.message_id for e in expired] == ["old"]
+    status = await box.event_status("old")
+    assert status is not None
+    assert status["destinations"]["a"]["state"] == "dead"
+    assert status["destinations"]["a"]["reason"] == EXPIRED_REASON
+    assert box.pending == 1
+
+
+async def test_expiry_leaves_a_live_lease_alone_but_takes_an_abandoned_one(
+    open_outbox: Any,
+) -> None:
+    box = await open_outbox()
+    await box.add([event("m1", at=T0)])
+    await box.claim("a", 10, now=T0, lease=60, oldest_event_time=0)
+    assert await box.expire_due("a", T0 + 30, T0 + 1) == []
+    assert [e.message_id for e in await box.expire_due("a", T0 + 61, T0 + 1)] == ["m1"]
+
+
+async def test_dead_letters_are_listed_retried_and_purged(open_outbox: Any) -> None:
+    box = await open_outbox()
+    await box.add([event("m1"), event("m2")])
+    claimed = await box.claim("a", 10, now=T0, lease=60, oldest_event_time=0)
+    error = {"code": 100, "subcode": 2804001, "message": "bad", "fbtrace_id": "F1"}
+    await box.mark_dead([c.id for c in claimed], now=T0, reason="rejected by Meta: bad",
+                        error=error)
+    listed = await box.dead_letters(destination=None, limit=10)
+    assert {d["message_id"] for d in listed} == {"m1", "m2"}
+    assert listed[0]["last_error"] == error
+    assert await box.retry_dead(destination=None, message_ids=["m1"], now=T0) == 1
+    assert box.pending == 1
+    (again,) = await box.claim("a", 10, now=T0, lease=60, oldest_event_time=0)
+    assert (again.message_id, again.attempts) == ("m1", 1)
+    assert await box.purge_dead(destination="a", message_ids=None) == 1
+    assert await box.event_status("m2") is None  # its event row went with it
+    assert await box.dead_letters(destination=None, limit=10) == []
+
+
+async def test_retention_purges_final_rows_by_age_and_never_pending_ones(
+    open_outbox: Any,
+) -> None:
+    box = await open_outbox()
+    await box.add([event("delivered"), event("dead"), event("pending"),
+                   event("skipped", state="skipped")])
+    claimed = {c.message_id: c.id for c in
+               await box.claim("a", 2, now=T0, lease=60, oldest_event_time=0)}
+    await box.mark_delivered([claimed["delivered"]], now=T0)
+    await box.mark_dead([claimed["dead"]], now=T0, reason="x")
+    assert await box.purge(now=T0 + DAY - 1, delivered_age=DAY, dead_age=7 * DAY) == 0
+    assert await box.purge(now=T0 + DAY + 1, delivered_age=DAY, dead_age=7 * DAY) == 2
+    assert await box.event_status("delivered") is None
+    assert await box.event_status("skipped") is None
+    assert await box.event_status("dead") is not None
+    assert await box.purge(now=T0 + 7 * DAY + 1, delivered_age=DAY, dead_age=7 * DAY) == 1
+    assert await box.event_status("dead") is None
+    assert await box.purge(now=T0 + 365 * DAY, delivered_age=DAY, dead_age=7 * DAY) == 0
+    assert await box.event_status("pending") is not None
+
+
+async def test_a_purge_larger_than_one_chunk_deletes_everything_due(
+    open_outbox: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sidecar.outbox
+
+    monkeypatch.setattr(sidecar.outbox, "PURGE_CHUNK", 7)
+    box = await open_outbox()
+    await box.add([event(f"m{i}", state="skipped") for i in range(30)])
+    assert await box.purge(now=T0 + 2 * DAY, delivered_age=DAY, dead_age=DAY) == 30
+    assert (await box.stats(now=T0)) == {}
+
+
+async def test_the_outbox_refuses_more_once_over_its_cap(open_outbox: Any) -> None:
+    box = await open_outbox(cap=3)
+    await box.add([event(f"m{i}") for i in range(3)])
+    assert box.over_cap
+    with pytest.raises(OutboxFull):
+        await box.add([event("m4")])
+
+
+async def test_a_size_limit_fails_writes_like_a_full_disk_and_recovers(
+    open_outbox: Any,
+) -> None:
+    box = await open_outbox()
+    await box.set_size_limit(1)
+    big = b'{"event_name":"PageView","pad":"' + b"x" * 3000 + b'"}'
+    with pytest.raises(OutboxWriteError, match="full"):
+        await box.add([event(f"m{i}", payload=big) for i in range(50)])
+    assert box.write_failed
+    assert not await box.check_writable()
+    assert await box.event_status("m0") is None
+    await box.set_size_limit(None)
+    assert await box.check_writable()
+    assert not box.write_failed
+    assert await box.add([event("m0", payload=big)]) == [True]
+
+
+async def test_stats_count_states_per_destination_and_resync_the_pending_count(
+    open_outbox: Any,
+) -> None:
+    box = await open_outbox()
+    await box.add([event("m1", dests=("a", "b")), event("m2", at=T0 - 50)])
+    box.pending = 999
+    stats = await box.stats(now=T0 + 10)
+    assert stats["a"]["pending"] == 2 and stats["b"]["pending"] == 1
+    assert stats["a"]["oldest_pending_age_seconds"] == pytest.approx(60)
+    assert box.pending == 3
+
+
+def _corrupt(kind: str, db: Path) -> None:
+    data = db.read_bytes()
+    if kind == "garbage":
+        db.write_bytes(bytes(range(256)) * 32)
+    elif kind == "truncated":
+        db.write_bytes(data[: len(data) // 2])
+    elif kind == "bad header":
+        db.write_bytes(b"not an sqlite db" + data[16:])
+
+
+@pytest.mark.parametrize("kind", ["garbage", "truncated", "bad header"])
+async def test_a_corrupt_database_is_refused_by_name_and_left_untouched(
+    open_outbox: Any, tmp_path: Path, kind: str,
+) -> None:
+    box = await open_outbox()
+    await box.add([event(f"m{i}", payload=b"x" * 2000) for i in range(100)])
+    await close(box)
+    db = tmp_path / "outbox.db"
+    _corrupt(kind, db)
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    with pytest.raises(OutboxCorrupt) as err:
+        await open_outbox()
+    assert str(db) in str(err.value)
+    assert "move it aside" in str(err.value)
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outbox.db"]
+
+
+async def test_closing_leaves_the_wal_folded_into_the_database(
+    open_outbox: Any, tmp_path: Path,
+) -> None:
+    box = await open_outbox()
+    await box.add([event(f"m{i}") for i in range(100)])
+    await close(box)
+    wal = tmp_path / "outbox.db-wal"
+    assert not wal.exists() or wal.stat().st_size == 0

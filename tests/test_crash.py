@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -46,10 +46,10 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture
-def sidecar_process(tmp_path: Path, graph: tuple[str, SandboxState]) -> SidecarProcess:
+def sidecar_process(tmp_path: Path, graph: tuple[str, SandboxState]) -> Iterator[SidecarProcess]:
     proc = SidecarProcess(db_path=tmp_path / "outbox.db", graph_url=graph[0], token=TOKEN,
                           pixel_id=PIXEL, log_path=tmp_path / "sidecar.log")
-    yield proc  # type: ignore[misc]
+    yield proc
     proc.stop()
 
 

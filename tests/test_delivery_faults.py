@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,7 @@ async def test_a_429_with_retry_after_is_not_retried_before_the_deadline(
             sandbox.state.inject(Fault(status=429, retry_after="1", times=1))
         else:
             # The header has whole seconds: the deadline is that second.
-            deadline = math.floor(time.time()) + 2
+            deadline: float = math.floor(time.time()) + 2
             sandbox.state.inject(Fault(status=429, retry_after=http_date(deadline), times=1))
         ids = await ingest(sc, 5)
         await wait_until_settled(db(sc))
@@ -185,9 +186,13 @@ async def test_bad_credentials_pause_the_destination_keep_the_events_and_resume_
         _, doc = await ops_get(sc, "/v1/status")
         dest = doc["destinations"]["default"]
         assert dest["paused"] is True
-        assert dest["pause_error"]["code"] == sandbox.state.requests[-1].error["code"]
+        last_error = sandbox.state.requests[-1].error
+        assert last_error is not None
+        assert dest["pause_error"]["code"] == last_error["code"]
         assert dest["pending"] == 80 and dest["dead"] == 0
         assert (await ops_get(sc, "/readyz"))[0] == 200
+        async with sc.session.get(sc.ops_url + "/metrics") as r:
+            assert 'capi_destination_paused{destination="default"} 1.0' in await r.text()
         # Paused: one event per probe, never the backlog.
         assert all(len(r.events) == 1 for r in sandbox.state.requests[1:])
         fix_it(sandbox.state)
@@ -282,9 +287,12 @@ async def test_one_failing_destination_does_not_hold_up_another(tmp_path: Path) 
             purchases = await ingest(sc, 10, "Order Completed")
             views = await ingest(sc, 10, "Product Viewed")
 
+            outbox = sc.runtime.outbox
+            assert outbox is not None
+
             async def shop_done() -> bool:
-                stats = await sc.runtime.outbox.stats(now=time.time())  # type: ignore[union-attr]
-                return stats["shop"]["pending"] == 0
+                stats = await outbox.stats(now=time.time())
+                return bool(stats["shop"]["pending"] == 0)
 
             await eventually(shop_done, what="the healthy destination drained")
             assert len(shop[2].events) == 10
@@ -356,3 +364,40 @@ async def test_an_outbox_over_its_cap_answers_503_until_it_drains(
         await wait_until_settled(db(sc))
         assert count_unsettled(db(sc)) == 0
         assert_no_loss(db(sc), acked, {"default": sandbox.state})
+
+
+# ------------------------------------------------------------- conservation
+def _random_faults(rand: random.Random, n: int) -> list[Fault]:
+    makers = [
+        lambda: Fault(status=rand.choice([500, 502, 503, 504]), times=rand.randint(1, 3)),
+        lambda: Fault(drop_connection=True, times=rand.randint(1, 2)),
+        lambda: Fault(delay_seconds=0.5, times=1),  # > the 0.3 s request timeout
+        lambda: Fault(status=429, retry_after="0.2", times=1),
+        lambda: graph_fault(rand.choice([1, 2, 4, 17, 613, 80004]), times=rand.randint(1, 2)),
+        lambda: Fault(status=502, body="<html>proxy error</html>", times=1),
+    ]
+    return [rand.choice(makers)() for _ in range(n)]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_under_a_random_mix_of_faults_nothing_acknowledged_is_lost(
+    sandbox: Sandbox, tmp_path: Path, seed: int
+) -> None:
+    rand = random.Random(seed)
+    posts = [batch(rand.randint(1, 80)) for _ in range(6)]
+    ids = [m["messageId"] for messages in posts for m in messages]
+    poison = rand.choice(ids)
+    sandbox.state.inject(Fault(reject_event_ids={poison}, times=0))
+    async with running_sidecar(tmp_path, sandbox, request_timeout_seconds=0.3,
+                               batch_size=50) as sc:
+        for messages in posts:
+            for fault in _random_faults(rand, 2):
+                sandbox.state.inject(fault)
+            assert (await post_batch(sc.session, sc.url, messages)).status == 200
+            await asyncio.sleep(rand.uniform(0, 0.2))
+        await wait_until_settled(db(sc), timeout=30)
+        fresh = await ingest(sc, 1)  # liveness after the storm
+        await wait_until_settled(db(sc))
+        settled = assert_no_loss(db(sc), ids + fresh, {"default": sandbox.state})
+    assert settled.delivered["default"] == set(ids + fresh) - {poison}
+    assert set(settled.dead["default"]) == {poison}

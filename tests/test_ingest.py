@@ -243,3 +243,15 @@ def test_the_database_file_is_private(tmp_path: Path) -> None:
 
     asyncio.run(go())
     assert (tmp_path / "o.db").stat().st_mode & 0o777 == 0o600
+
+
+async def test_a_large_batch_arriving_in_many_segments_is_read_whole(sidecar: Sidecar) -> None:
+    batch = [msg(type="track", properties={"sku": f"S{i}", "pad": "z" * 600})
+             for i in range(2000)]
+    body = orjson.dumps({"batch": batch})
+    assert len(body) > 1_000_000
+    status, doc = await raw_post(sidecar, "/v1/batch", body)
+    assert status == 200, doc
+    assert "rejected" not in doc
+    for m in (batch[0], batch[999], batch[-1]):
+        assert await sidecar.event(m["messageId"]) is not None

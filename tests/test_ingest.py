@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import io
 import uuid
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ def msg(**kw: Any) -> dict[str, Any]:
 
 
 async def raw_post(sc: Sidecar, path: str, body: bytes, **headers: str) -> tuple[int, Any]:
-    async with sc.session.post(sc.url + path, data=body,
+    async with sc.session.post(sc.url + path, data=io.BytesIO(body),
                                headers={"Content-Type": "application/json", **headers}) as r:
         text = await r.read()
         return r.status, orjson.loads(text) if text else None

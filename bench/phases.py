@@ -291,14 +291,24 @@ def sdk_path(bench: Bench) -> None:
     bench.results["sdk"] = result
 
 
-def _drain_once(bench: Bench, size: int, label: str) -> dict[str, Any]:
-    c = bench.config
+def _prefill(bench: Bench, size: int, label: str) -> tuple[Path, dict[str, Any]]:
     db = bench.workdir / f"backlog-{label}.db"
-    for p in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
-        p.unlink(missing_ok=True)
+    _remove_db(db)
     fill = prefill(db, size, tag=bench.tag(f"bk{label}"), graph_url=bench.graph_url,
                    timestamp=bench.workload.message["timestamp"],
-                   workers=c.prefill_workers if size >= 20_000 else 1)
+                   workers=bench.config.prefill_workers if size >= 20_000 else 1)
+    return db, fill
+
+
+def _remove_db(db: Path) -> None:
+    for p in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        p.unlink(missing_ok=True)
+
+
+def _drain_once(bench: Bench, size: int, label: str,
+                filled: tuple[Path, dict[str, Any]] | None = None) -> dict[str, Any]:
+    c = bench.config
+    db, fill = filled or _prefill(bench, size, label)
     mark = bench.timeline_length()
     before = bench.delivered()
     graph_cpu0 = bench.graph_cpu()
@@ -307,7 +317,11 @@ def _drain_once(bench: Bench, size: int, label: str) -> dict[str, Any]:
     ready_at = time.time()
     try:
         with MemorySampler(proc) as sampler:
-            total = bench.wait_quiet(before + size, timeout=c.settle_timeout + size / 2000)
+            # Profile a stretch of the large drain only (--profile).
+            seconds = min(20.0, size / 20_000) if size > c.small_backlog else 0.0
+            with profiled(bench, proc, f"drain-{label}", seconds) if seconds >= 1 \
+                    else contextlib.nullcontext():
+                total = bench.wait_quiet(before + size, timeout=c.settle_timeout + size / 2000)
         memory = proc.memory()
         cpu = proc.cpu_seconds()
     finally:
@@ -322,23 +336,47 @@ def _drain_once(bench: Bench, size: int, label: str) -> dict[str, Any]:
         rate = (tail[-1][1] - before) / max(tail[-1][0] - ready_at, 1e-3)
     result = {
         "backlog": size, "delivered": total - before, "events_per_s": rate,
+        "pace": _pace(tail),
         "graph_requests": len(tail), "prefill": fill,
         "ready_seconds": proc.extra.get("ready_seconds"),
         "seconds_start_to_empty": (tail[-1][0] - started) if tail else None,
-        "max_rss_mib": sampler.max_rss_mib, "hwm_mib": memory["hwm_mib"],
+        "max_rss_mib": sampler.max_rss_mib, "max_anon_mib": sampler.max_anon_mib,
+        "hwm_mib": memory["hwm_mib"], "end_memory_mib": memory,
         "cpu_us_per_event": cpu / max(size, 1) * 1e6,
         "graph_cpu_us_per_event": (bench.graph_cpu() - graph_cpu0) / max(size, 1) * 1e6,
     }
-    for p in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
-        p.unlink(missing_ok=True)
+    _remove_db(db)
     return result
 
 
+def _pace(tail: list[tuple[float, int]]) -> dict[str, Any]:
+    """Gaps between answered Graph requests, and events delivered in each 5 s window."""
+    if len(tail) < 3:
+        return {}
+    gaps = sorted(b[0] - a[0] for a, b in itertools.pairwise(tail))
+    start = tail[0][0]
+    windows: dict[int, int] = {}
+    for (_, n0), (t1, n1) in itertools.pairwise(tail):
+        key = int((t1 - start) // 5)
+        windows[key] = windows.get(key, 0) + n1 - n0
+    return {"gap_p50_ms": gaps[len(gaps) // 2] * 1000,
+            "gap_p99_ms": gaps[-max(1, len(gaps) // 100)] * 1000, "gap_max_ms": gaps[-1] * 1000,
+            "events_per_s_by_5s": [round(windows.get(k, 0) / 5) for k in range(max(windows) + 1)]}
+
+
 def drain(bench: Bench) -> None:
-    """(e) drain rate of a large backlog against a small one (median of a few small runs)."""
+    """(e) drain rate of a large backlog against a small one (median of a few small runs).
+
+    The large backlog is written first; the small runs go right before and
+    after its drain, so the reference is measured minutes, not a prefill, apart.
+    """
     c = bench.config
-    small = [_drain_once(bench, c.small_backlog, f"small{k}") for k in range(c.small_runs)]
-    big = _drain_once(bench, c.backlog, "big")
+    filled = _prefill(bench, c.backlog, "big")
+    before = max(1, c.small_runs - 1)
+    small = [_drain_once(bench, c.small_backlog, f"small{k}") for k in range(before)]
+    big = _drain_once(bench, c.backlog, "big", filled)
+    small += [_drain_once(bench, c.small_backlog, f"small{k}")
+              for k in range(before, max(c.small_runs, before + 1))]
     small_rate = statistics.median(r["events_per_s"] for r in small)
     bench.results["drain"] = {
         "small": {"backlog": c.small_backlog, "events_per_s": small_rate, "runs": small},

@@ -77,14 +77,15 @@ class Proc:
         return self.popen.pid
 
     def memory(self) -> dict[str, float]:
-        """VmRSS and VmHWM in MiB."""
-        out = {"rss_mib": 0.0, "hwm_mib": 0.0}
+        """VmRSS, VmHWM (peak), RssAnon (heap) and RssFile (mapped files) in MiB."""
+        keys = {"VmRSS:": "rss_mib", "VmHWM:": "hwm_mib", "RssAnon:": "anon_mib",
+                "RssFile:": "file_mib"}
+        out = dict.fromkeys(keys.values(), 0.0)
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    out["rss_mib"] = int(line.split()[1]) / 1024
-                elif line.startswith("VmHWM:"):
-                    out["hwm_mib"] = int(line.split()[1]) / 1024
+                key = keys.get(line.split(maxsplit=1)[0]) if line else None
+                if key:
+                    out[key] = int(line.split()[1]) / 1024
         return out
 
     def cpu_seconds(self) -> float:
@@ -186,6 +187,7 @@ class MemorySampler:
         self.proc = proc
         self.interval = interval
         self.max_rss_mib = 0.0
+        self.max_anon_mib = 0.0
         self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"rss-{proc.name}", daemon=True)
@@ -193,8 +195,9 @@ class MemorySampler:
     def _run(self) -> None:
         # Bounded by the stop event and by a generous count (an hour of samples).
         for _ in range(int(3600 / self.interval)):
-            rss = self.proc.memory()["rss_mib"]
-            self.max_rss_mib = max(self.max_rss_mib, rss)
+            memory = self.proc.memory()
+            self.max_rss_mib = max(self.max_rss_mib, memory["rss_mib"])
+            self.max_anon_mib = max(self.max_anon_mib, memory["anon_mib"])
             self.samples += 1
             if self._stop.wait(self.interval):
                 return

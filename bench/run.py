@@ -40,6 +40,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
     p.add_argument("--e2e-duration", type=float, help="seconds of load for (d) (default 8)")
     p.add_argument("--sdk-duration", type=float, help="seconds for the SDK path (default 5)")
     p.add_argument("--sdk-threads", type=int, help="SDK sender threads (default 8)")
+    p.add_argument("--levels", help="concurrent clients for /v1/track, e.g. 1,16,64")
     p.add_argument("--loader", choices=["auto", "wrk", "python"], default="auto",
                    help="load generator (auto: wrk when installed)")
     p.add_argument("--only", default="abcdefg",
@@ -63,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
     for key, value in overrides.items():
         if value is not None:
             setattr(c, key, value)
+    if args.levels:
+        c.levels = tuple(int(x) for x in args.levels.split(","))
     c.loader = args.loader
     c.profile = args.profile
     c.experiment = args.experiment

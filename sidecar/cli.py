@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import sys
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any
 
 from sidecar import __version__
@@ -115,7 +116,8 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _open_outbox(settings: Settings, *, create: bool = False) -> Any:
+@contextlib.asynccontextmanager
+async def _open_outbox(settings: Settings, *, create: bool = False) -> AsyncIterator[Any]:
     """The outbox for an operator's verb, without releasing the server's leases.
 
     Only ``migrate`` creates the file: a mistyped CAPI_DB_PATH must not
@@ -130,12 +132,15 @@ async def _open_outbox(settings: Settings, *, create: bool = False) -> Any:
     outbox = Outbox(settings.db_path, cap=settings.outbox_cap, synchronous=settings.synchronous,
                     resume_leases=False)
     await outbox.open()
-    return outbox
+    try:
+        yield outbox
+    finally:
+        await outbox.close()
 
 
 async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
-    outbox = await _open_outbox(settings, create=True)
-    await outbox.close()
+    async with _open_outbox(settings, create=True):
+        pass
     print(f"outbox {settings.db_path} is up to date")
     return 0
 
@@ -158,11 +163,8 @@ async def _status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _event(settings: Settings, args: argparse.Namespace) -> int:
-    outbox = await _open_outbox(settings)
-    try:
+    async with _open_outbox(settings) as outbox:
         found = await outbox.event_status(args.message_id)
-    finally:
-        await outbox.close()
     if found is None:
         print(f"capi-sidecar: no event with messageId {args.message_id!r}", file=sys.stderr)
         return 1
@@ -171,8 +173,7 @@ async def _event(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _dead_letters(settings: Settings, args: argparse.Namespace) -> int:
-    outbox = await _open_outbox(settings)
-    try:
+    async with _open_outbox(settings) as outbox:
         if args.action == "list":
             rows = await outbox.dead_letters(destination=args.destination, limit=args.limit)
             print(json.dumps(rows, indent=2))
@@ -184,8 +185,6 @@ async def _dead_letters(settings: Settings, args: argparse.Namespace) -> int:
             n = await outbox.purge_dead(destination=args.destination,
                                         message_ids=args.message_ids)
             print(f"{n} dead letters purged")
-    finally:
-        await outbox.close()
     return 0
 
 

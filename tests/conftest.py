@@ -71,6 +71,20 @@ async def sandbox() -> AsyncIterator[Sandbox]:
     await runner.cleanup()
 
 
+@pytest.fixture
+async def graph() -> AsyncIterator[tuple[str, SandboxState]]:
+    """A sandbox for tests that run the sidecar as a subprocess."""
+    runner, url, state = await start_sandbox(access_token=TOKEN, pixel_id=PIXEL)
+    yield url, state
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
 def sidecar_settings(tmp_path: Path, sandbox: Sandbox | None, **overrides: Any) -> Settings:
     base: dict[str, Any] = {
         "db_path": tmp_path / "outbox.db",

@@ -11,14 +11,14 @@ import asyncio
 import hashlib
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from sidecar.outbox import NewDelivery, NewEvent, Outbox
-from sidecar.sandbox import Fault, SandboxState, start_sandbox
+from sidecar.sandbox import Fault, SandboxState
 from tests.conftest import PIXEL, TOKEN
 from tests.invariants import (
     SidecarProcess,
@@ -30,19 +30,6 @@ from tests.invariants import (
     stored_message_ids,
     wait_until_settled,
 )
-
-
-@pytest.fixture
-async def graph() -> AsyncIterator[tuple[str, SandboxState]]:
-    runner, url, state = await start_sandbox(access_token=TOKEN, pixel_id=PIXEL)
-    yield url, state
-    await runner.cleanup()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 @pytest.fixture

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 
-from sidecar.sandbox import Fault, SandboxState, start_sandbox
+from sidecar.sandbox import Fault, SandboxState
 from tests.conftest import PIXEL, TOKEN
 from tests.invariants import (
     SidecarProcess,
@@ -22,19 +20,6 @@ from tests.invariants import (
     post_batch,
     wait_until_settled,
 )
-
-
-@pytest.fixture
-async def graph() -> AsyncIterator[tuple[str, SandboxState]]:
-    runner, url, state = await start_sandbox(access_token=TOKEN, pixel_id=PIXEL)
-    yield url, state
-    await runner.cleanup()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 def make_process(tmp_path: Path, url: str, budget: float) -> SidecarProcess:

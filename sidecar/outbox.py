@@ -1,9 +1,11 @@
-"""The SQLite outbox: the only module that speaks SQL.
+"""The SQLite outbox: a durable queue of Meta payloads.
 
-Owns the database file, its migrations, the group-committed insert that
-makes ``200`` mean durable, the atomic claim with a lease that the drainer
-uses, the final-state marks, expiry, retention, and the read-only queries
-behind status pages and the CLI.
+Owns the group-committed insert that makes ``200`` mean durable, the atomic
+claim with a lease that the drainer uses, the final-state marks, expiry,
+retention and the dead-letter verbs. Opening the file (pragmas, integrity
+check, migrations) lives in ``sidecar.database``; the read-only queries
+behind status pages and the CLI in ``sidecar.outbox_queries``. The three
+are the only modules that speak SQL.
 
 Threads: every write runs on one dedicated writer thread with its own
 connection, so a commit is exactly one executor hop and writes never contend
@@ -26,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import importlib.resources
 import logging
 import os
 import sqlite3
@@ -35,17 +36,18 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import orjson
 
-from sidecar.errors import OutboxCorrupt, OutboxError, OutboxFull, OutboxWriteError
+from sidecar import database, outbox_queries
+from sidecar.database import FINAL_STATES as FINAL_STATES
+from sidecar.database import State as State
+from sidecar.errors import OutboxError, OutboxFull, OutboxWriteError
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-State = Literal["pending", "delivered", "skipped", "dead"]
-FINAL_STATES: tuple[State, ...] = ("delivered", "skipped", "dead")
 EXPIRED_REASON = "expired: older than Meta's 7-day limit before it could be delivered"
 # Readiness wants room for at least this much more data before it says yes.
 MIN_FREE_BYTES = 1024 * 1024
@@ -103,21 +105,6 @@ class Expired:
 class _Pending:
     events: Sequence[NewEvent]
     future: asyncio.Future[list[bool]] = field(repr=False)
-
-
-def _migrations() -> list[tuple[int, str, str]]:
-    """Numbered SQL files shipped as the ``sidecar.migrations`` package."""
-    try:
-        root: Any = importlib.resources.files("sidecar.migrations")
-        entries = list(root.iterdir())
-    except ModuleNotFoundError:  # running from a source tree without install
-        entries = list((Path(__file__).resolve().parent.parent / "migrations").iterdir())
-    found = []
-    for entry in entries:
-        name = entry.name
-        if name.endswith(".sql") and name[:4].isdigit():
-            found.append((int(name[:4]), name, entry.read_text(encoding="utf-8")))
-    return sorted(found)
 
 
 class Outbox:
@@ -184,32 +171,9 @@ class Outbox:
         self._writer.shutdown(wait=True)
         self._reader.shutdown(wait=True)
 
-    def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        # WAL: readers never block the writer and a commit is one append + fsync.
-        con.execute("PRAGMA journal_mode=WAL")
-        # FULL fsyncs the WAL on every commit, so an acknowledged event survives
-        # power loss; group commit keeps that affordable (docs/delivery.md).
-        con.execute(f"PRAGMA synchronous={self._synchronous}")
-        con.execute("PRAGMA foreign_keys=ON")
-        con.execute("PRAGMA busy_timeout=5000")
-        return con
-
     def _open_writer(self) -> None:
-        fresh = not self.path.exists()
-        if fresh:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
-            os.close(fd)
-        if not fresh:
-            self._quick_check()
-        try:
-            con = self._connect()
-            # Checkpoints run on the reader thread (checkpoint()), never inside
-            # an ingest commit, so a commit's latency is one WAL append.
-            con.execute("PRAGMA wal_autocheckpoint=0")
-            con.execute("PRAGMA journal_size_limit=67108864")
-            self._migrate(con)
+        con = database.open_writer(self.path, self._synchronous)
+        with database.translated_errors(self.path):
             if self._resume_leases:
                 con.execute(
                     "UPDATE deliveries SET leased = 0, next_attempt_at = ? "
@@ -219,69 +183,11 @@ class Outbox:
             self.pending = con.execute(
                 "SELECT COUNT(*) FROM deliveries WHERE state = 'pending'"
             ).fetchone()[0]
-        except sqlite3.DatabaseError as err:
-            if getattr(err, "sqlite_errorname", "") in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
-                raise OutboxCorrupt(self._corrupt_message(str(err))) from err
-            raise OutboxError(f"cannot open the outbox database {self.path}: {err}") from err
         self._default_max_pages = int(con.execute("PRAGMA max_page_count").fetchone()[0])
         self._wcon = con
 
-    def _quick_check(self) -> None:
-        """Check the file as it lies on disk before anything may write to it.
-
-        ``immutable=1`` opens it without locks, ``-wal`` or ``-shm`` files, so a
-        damaged database is left exactly as found (evidence, not a crash loop
-        that rewrites it). The main file alone is consistent in WAL mode: pages
-        reach it only through checkpoints, and SQLite checksums WAL frames.
-        """
-        uri = self.path.resolve().as_uri() + "?mode=ro&immutable=1"
-        try:
-            con = sqlite3.connect(uri, uri=True)
-            try:
-                row = con.execute("PRAGMA quick_check").fetchone()
-            finally:
-                con.close()
-        except sqlite3.DatabaseError as err:
-            if getattr(err, "sqlite_errorname", "") in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
-                raise OutboxCorrupt(self._corrupt_message(str(err))) from err
-            raise OutboxError(f"cannot open the outbox database {self.path}: {err}") from err
-        if row is None or row[0] != "ok":
-            raise OutboxCorrupt(self._corrupt_message(str(row and row[0])))
-
-    def _corrupt_message(self, detail: str) -> str:
-        return (
-            f"outbox database {self.path} is unreadable ({detail}). It was left untouched "
-            f"as evidence: move it aside (e.g. mv {self.path} {self.path}.corrupt) and start "
-            "again to begin with an empty outbox, or restore it from a backup."
-        )
-
     def _open_reader(self) -> None:
-        self._rcon = self._connect()
-        self._rcon.execute("PRAGMA query_only=ON")
-
-    def _migrate(self, con: sqlite3.Connection) -> None:
-        con.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations "
-            "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
-        )
-        done = {row[0] for row in con.execute("SELECT version FROM schema_migrations")}
-        for version, name, sql in _migrations():
-            if version in done:
-                continue
-            # Each migration in its own transaction: a failure leaves the
-            # previous version intact.
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in _statements(sql):
-                    con.execute(statement)
-                con.execute(
-                    "INSERT INTO schema_migrations VALUES (?, ?, ?)", (version, name, time.time())
-                )
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            log.info("applied migration %s", name)
+        self._rcon = database.open_reader(self.path, self._synchronous)
 
     async def _on_writer(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
@@ -618,82 +524,25 @@ class Outbox:
         return await self._transaction(run)
 
     # ------------------------------------------------------------- read side
-    async def dead_letters(self, *, destination: str | None, limit: int) -> list[dict[str, Any]]:
-        def run() -> list[dict[str, Any]]:
+    async def _query(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run one of ``outbox_queries`` on the reader thread and its connection."""
+
+        def run() -> T:
             con = self._rcon
             assert con is not None
-            sql = ("SELECT e.message_id, d.destination, e.event_name, d.reason, d.last_error, "
-                   "d.attempts, d.updated_at FROM deliveries d JOIN events e ON e.id = d.event_id "
-                   "WHERE d.state = 'dead'")
-            args: list[Any] = []
-            if destination:
-                sql += " AND d.destination = ?"
-                args.append(destination)
-            sql += " ORDER BY d.updated_at LIMIT ?"
-            args.append(limit)
-            keys = ("message_id", "destination", "event_name", "reason", "last_error",
-                    "attempts", "dead_at")
-            out = []
-            for row in con.execute(sql, args):
-                item = dict(zip(keys, row, strict=True))
-                item["last_error"] = orjson.loads(row[4]) if row[4] else None
-                out.append(item)
-            return out
+            return fn(con, *args, **kwargs)
 
         return await self._on_reader(run)
+
+    async def dead_letters(self, *, destination: str | None, limit: int) -> list[dict[str, Any]]:
+        return await self._query(outbox_queries.dead_letters, destination=destination, limit=limit)
 
     async def event_status(self, message_id: str) -> dict[str, Any] | None:
-        def run() -> dict[str, Any] | None:
-            con = self._rcon
-            assert con is not None
-            ev = con.execute(
-                "SELECT id, type, event_name, received_at, event_time, traceparent "
-                "FROM events WHERE message_id = ?", (message_id,)
-            ).fetchone()
-            if ev is None:
-                return None
-            dests = {}
-            for name, state, attempts, nxt, leased, reason, err, upd in con.execute(
-                "SELECT destination, state, attempts, next_attempt_at, leased, reason, "
-                "last_error, updated_at FROM deliveries WHERE event_id = ?", (ev[0],)
-            ):
-                dests[name] = {
-                    "state": state, "attempts": attempts,
-                    "next_attempt_at": nxt if state == "pending" else None,
-                    "in_flight": bool(leased), "reason": reason,
-                    "last_error": orjson.loads(err) if err else None, "updated_at": upd,
-                }
-            return {
-                "message_id": message_id, "type": ev[1], "event_name": ev[2],
-                "received_at": ev[3], "event_time": ev[4], "traceparent": ev[5],
-                "destinations": dests,
-            }
-
-        return await self._on_reader(run)
+        return await self._query(outbox_queries.event_status, message_id)
 
     async def stats(self, *, now: float) -> dict[str, dict[str, Any]]:
         """Per destination: rows per state and the age of the oldest pending event."""
-
-        def run() -> dict[str, dict[str, Any]]:
-            con = self._rcon
-            assert con is not None
-            out: dict[str, dict[str, Any]] = {}
-            for dest, state, count in con.execute(
-                "SELECT destination, state, COUNT(*) FROM deliveries GROUP BY destination, state"
-            ):
-                entry = out.setdefault(dest, {s: 0 for s in ("pending", *FINAL_STATES)})
-                entry[state] = count
-            for dest, received in con.execute(
-                "SELECT d.destination, MIN(e.received_at) FROM deliveries d "
-                "JOIN events e ON e.id = d.event_id WHERE d.state = 'pending' "
-                "GROUP BY d.destination"
-            ):
-                out[dest]["oldest_pending_age_seconds"] = max(0.0, now - received)
-            for entry in out.values():
-                entry.setdefault("oldest_pending_age_seconds", 0.0)
-            return out
-
-        stats = await self._on_reader(run)
+        stats = await self._query(outbox_queries.stats, now=now)
         # Resynchronise the in-memory count used by the cap check: another
         # process (the CLI's dead-letters retry) may have changed the table.
         self.pending = sum(entry["pending"] for entry in stats.values())
@@ -701,18 +550,9 @@ class Outbox:
 
     async def next_due(self, destination: str, *, oldest_event_time: float) -> float | None:
         """When the destination's next claimable row is due (``None``: nothing pending)."""
-
-        def run() -> float | None:
-            con = self._rcon
-            assert con is not None
-            row = con.execute(
-                "SELECT MIN(next_attempt_at) FROM deliveries WHERE destination = ? "
-                "AND state = 'pending' AND event_time >= ?",
-                (destination, oldest_event_time),
-            ).fetchone()
-            return None if row[0] is None else float(row[0])
-
-        return await self._on_reader(run)
+        return await self._query(
+            outbox_queries.next_due, destination, oldest_event_time=oldest_event_time
+        )
 
     async def check_writable(self) -> bool:
         """Readiness probe: a write transaction opens and there is room to grow.
@@ -836,20 +676,3 @@ def _narrow(sql: str, args: list[Any], destination: str | None,
                 "(SELECT value FROM json_each(?)))")
         args.append(orjson.dumps(list(message_ids)).decode())
     return sql, args
-
-
-def _statements(sql: str) -> list[str]:
-    """Split a migration file into statements (no semicolons inside literals here)."""
-    return [s.strip() for s in sqlite3_complete_split(sql) if s.strip()]
-
-
-def sqlite3_complete_split(sql: str) -> list[str]:
-    out, buf = [], ""
-    for line in sql.splitlines(keepends=True):
-        buf += line
-        if sqlite3.complete_statement(buf):
-            out.append(buf)
-            buf = ""
-    if buf.strip():
-        out.append(buf)
-    return out

@@ -89,12 +89,17 @@ class Proc:
         return out
 
     def cpu_seconds(self) -> float:
+        user, system = self.cpu_split()
+        return user + system
+
+    def cpu_split(self) -> tuple[float, float]:
+        """User and system CPU seconds, all threads."""
         try:
             stat = Path(f"/proc/{self.pid}/stat").read_text()
         except OSError:
-            return 0.0
+            return 0.0, 0.0
         fields = stat.rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+        return int(fields[11]) / _CLK_TCK, int(fields[12]) / _CLK_TCK
 
     def stop(self, timeout: float = 30.0) -> int | None:
         if self.popen.poll() is None:
@@ -183,11 +188,13 @@ def start_sidecar(workdir: Path, db_path: Path, graph_url: str, name: str = "sid
 class MemorySampler:
     """Samples a process's VmRSS every ``interval`` seconds on a thread; keeps the max."""
 
-    def __init__(self, proc: Proc, interval: float = 0.2) -> None:
+    def __init__(self, proc: Proc, interval: float = 0.2, wal: Path | None = None) -> None:
         self.proc = proc
         self.interval = interval
+        self.wal = wal  # also sample this file's size (the outbox's -wal)
         self.max_rss_mib = 0.0
         self.max_anon_mib = 0.0
+        self.max_wal_mib = 0.0
         self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"rss-{proc.name}", daemon=True)
@@ -198,6 +205,9 @@ class MemorySampler:
             memory = self.proc.memory()
             self.max_rss_mib = max(self.max_rss_mib, memory["rss_mib"])
             self.max_anon_mib = max(self.max_anon_mib, memory["anon_mib"])
+            if self.wal is not None:
+                with contextlib.suppress(OSError):
+                    self.max_wal_mib = max(self.max_wal_mib, self.wal.stat().st_size / 2**20)
             self.samples += 1
             if self._stop.wait(self.interval):
                 return

@@ -47,13 +47,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
                    help="phases to run, by letter (default abcdefg; a and b run together)")
     p.add_argument("--profile", action="store_true",
                    help="sample the sidecar with py-spy during the 16-client and batch loads")
-    p.add_argument("--experiment", choices=sorted(EXPERIMENTS),
-                   help="run the sidecar with a candidate change patched in (bench.patched)")
+    p.add_argument("--experiment", metavar="NAME[,NAME]",
+                   help="run the sidecar with candidate changes patched in (bench.patched: "
+                        f"{', '.join(EXPERIMENTS)})")
     p.add_argument("--out", type=Path, default=RESULTS_DIR / "latest.json")
     p.add_argument("--workdir", type=Path, help="where databases and logs go (default: a temp dir)")
     p.add_argument("--no-install", action="store_true",
                    help="do not try to install wrk with apt-get when it is missing")
     args = p.parse_args(argv)
+    if args.experiment and not set(args.experiment.split(",")) <= EXPERIMENTS.keys():
+        p.error(f"--experiment: choose from {', '.join(EXPERIMENTS)}")
     c = Config()
     if args.quick:
         c = Config(duration=1.0, e2e_duration=2.0, sdk_duration=1.0, backlog=50_000,

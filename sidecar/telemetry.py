@@ -96,6 +96,11 @@ class Telemetry:
     @contextmanager
     def ingest_span(self, endpoint: str, headers: Mapping[str, str]) -> Iterator[trace.Span]:
         """The PRODUCER span of one ingest request: the context stored with its events."""
+        if not self.tracing:
+            # Off: skip the no-op span's context juggling on the hot path; the
+            # app's own traceparent is still stored (see ``traceparent``).
+            yield trace.INVALID_SPAN
+            return
         with tracing.ingest_span(self.tracer, endpoint, headers) as span:
             yield span
 
@@ -111,15 +116,19 @@ class Telemetry:
     def ingested(self, events: Sequence[NewEvent], fresh: Sequence[bool]) -> None:
         """Count committed events; settle the deliveries ingest already decided."""
         m = self.metrics
+        accepted: dict[str, int] = {}
+        settled: dict[tuple[str, str], int] = {}
+        duplicates = 0
         for ev, is_new in zip(events, fresh, strict=True):
             if not is_new:
-                m.duplicates.inc()
+                duplicates += 1
                 continue
-            m.accepted.labels(ev.type).inc()
+            accepted[ev.type] = accepted.get(ev.type, 0) + 1
             for d in ev.deliveries:
                 if d.state == "pending":
                     continue
-                m.deliveries.labels(d.destination, d.state, "").inc()
+                key = (d.destination, d.state)
+                settled[key] = settled.get(key, 0) + 1
                 if self.tracing:
                     reason = {"capi.reason": (d.reason or "")[:MAX_REASON]}
                     self._outcomes.queue(
@@ -135,6 +144,13 @@ class Telemetry:
                             )
                         ]
                     )
+        # One labels() lookup per series and request, not per event.
+        if duplicates:
+            m.duplicates.inc(duplicates)
+        for kind, n in accepted.items():
+            m.accepted.labels(kind).inc(n)
+        for (dest, state), n in settled.items():
+            m.deliveries.labels(dest, state, "").inc(n)
 
     # -------------------------------------------------------------- delivery
     def client_trace_configs(self) -> list[TraceConfig]:
@@ -211,8 +227,11 @@ class Telemetry:
     def expired(self, rows: Sequence[Expired]) -> None:
         """Count and trace deliveries dead-lettered at Meta's 7-day limit."""
         reason = {"capi.reason": "expired: older than Meta's 7-day limit"}
+        per_destination: dict[str, int] = {}
         for r in rows:
-            self.metrics.deliveries.labels(r.destination, "dead", "expired").inc()
+            per_destination[r.destination] = per_destination.get(r.destination, 0) + 1
+        for dest, n in per_destination.items():
+            self.metrics.deliveries.labels(dest, "dead", "expired").inc(n)
         if self.tracing:
             self._outcomes.queue(
                 [

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from sidecar import app_data
 from sidecar.custom_data import CustomDataBuilder
 from sidecar.paths import CANONICAL_PATHS, PRODUCT_PREFIX, first_text, resolve
 from sidecar.user_data import UserDataBuilder
@@ -123,6 +124,8 @@ class Mapper:
         payload["user_data"] = self._user_data.build(message)
         if kind == "track":
             payload["custom_data"] = self._custom_data.build(message)
+        if self._action_source == "app":
+            payload["app_data"] = app_data.build(message.get("context"))
         return Mapped(event_name=event_name, payload=payload)
 
     # --- event name, filter, common fields --------------------------------

@@ -297,11 +297,45 @@ case(
 )
 
 m = msg("screen", context={"device": {"type": "ios"}})
+expected = payload("PageView", m, {}, action_source="app")
+expected["app_data"] = {"advertiser_tracking_enabled": 0, "extinfo": ["i2", *[""] * 15]}
 case(
     "action_source_configured",
-    "action_source comes from the configuration",
+    "action_source comes from the configuration; app events carry app_data",
     m,
-    mapped("PageView", payload("PageView", m, {}, action_source="app")),
+    mapped("PageView", expected),
+    config={"action_source": "app"},
+)
+
+m = msg(
+    "track",
+    "Order Completed",
+    userId="user-app-1",
+    properties={"total": 12.5, "currency": "usd"},
+    context={
+        "os": {"name": "Android", "version": "14"},
+        "app": {"namespace": "com.shop.app", "version": "2.1", "build": 210},
+        "device": {"model": "Pixel 8", "adTrackingEnabled": True},
+        "screen": {"width": 1080, "height": 2400, "density": 2.625},
+        "network": {"carrier": "Vodafone"},
+        "locale": "de-DE",
+        "timezone": "Europe/Berlin",
+    },
+)
+expected = payload(
+    "Purchase", m, {"external_id": [H("user-app-1")]},
+    {"total": 12.5, "value": "12.5", "currency": "USD"}, action_source="app",
+)
+expected["app_data"] = {
+    "advertiser_tracking_enabled": 1,
+    "extinfo": ["a2", "com.shop.app", "2.1", "210", "14", "Pixel 8", "de-DE", "",
+                "Vodafone", "1080", "2400", "2.625", "", "", "", "Europe/Berlin"],
+}
+case(
+    "app_event_device_context",
+    "action_source app: app_data.extinfo from Segment's mobile context (SPEC silent)",
+    m,
+    mapped("Purchase", expected),
     config={"action_source": "app"},
 )
 

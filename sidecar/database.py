@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 # The values the CHECK constraint on deliveries.state allows.
 State = Literal["pending", "delivered", "skipped", "dead"]
 FINAL_STATES: tuple[State, ...] = ("delivered", "skipped", "dead")
+# How long a statement waits for a lock another connection holds.
+BUSY_TIMEOUT_MS = 5000
 
 
 def connect(path: Path, synchronous: str) -> sqlite3.Connection:
@@ -36,10 +38,11 @@ def connect(path: Path, synchronous: str) -> sqlite3.Connection:
     # WAL: readers never block the writer and a commit is one append + fsync.
     con.execute("PRAGMA journal_mode=WAL")
     # FULL fsyncs the WAL on every commit, so an acknowledged event survives
-    # power loss; group commit keeps that affordable (docs/delivery.md).
+    # power loss; group commit keeps that affordable (docs/delivery.md). The
+    # outbox relaxes its writer to NORMAL for every commit but the ingest's.
     con.execute(f"PRAGMA synchronous={synchronous}")
     con.execute("PRAGMA foreign_keys=ON")
-    con.execute("PRAGMA busy_timeout=5000")
+    con.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     return con
 
 
@@ -51,8 +54,10 @@ def open_writer(path: Path, synchronous: str) -> sqlite3.Connection:
         create_file(path)
     with translated_errors(path):
         con = connect(path, synchronous)
-        # Checkpoints run on the reader thread (Outbox.checkpoint()), never
-        # inside an ingest commit, so a commit's latency is one WAL append.
+        # Never checkpoint inside a commit: a commit's latency stays one WAL
+        # append. Housekeeping runs passive checkpoints on the reader thread,
+        # and the writer truncates the WAL as a job of its own between
+        # transactions once it grows large (Outbox._checkpoint_wal).
         con.execute("PRAGMA wal_autocheckpoint=0")
         con.execute("PRAGMA journal_size_limit=67108864")
         migrate(con)

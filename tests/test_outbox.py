@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import re
 import sqlite3
 import stat
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -306,11 +308,15 @@ async def test_stats_count_states_per_destination_and_resync_the_pending_count(
     open_outbox: Any,
 ) -> None:
     box = await open_outbox()
-    await box.add([event("m1", dests=("a", "b")), event("m2", at=T0 - 50)])
+    # Stored in the order received: the oldest pending event is the first
+    # stored one (stats finds it by the smallest row id, from the index).
+    await box.add([event("m2", at=T0 - 50)])
+    await box.add([event("m1", dests=("a", "b"))])
     box.pending = 999
     stats = await box.stats(now=T0 + 10)
     assert stats["a"]["pending"] == 2 and stats["b"]["pending"] == 1
     assert stats["a"]["oldest_pending_age_seconds"] == pytest.approx(60)
+    assert stats["b"]["oldest_pending_age_seconds"] == pytest.approx(10)
     assert box.pending == 3
 
 
@@ -350,3 +356,240 @@ async def test_closing_leaves_the_wal_folded_into_the_database(
     await close(box)
     wal = tmp_path / "outbox.db-wal"
     assert not wal.exists() or wal.stat().st_size == 0
+
+
+# ------------------------------------------------------- plans and the WAL
+def _query_plans(db: Path, statements: list[str]) -> dict[str, list[str]]:
+    """EXPLAIN QUERY PLAN of each statement (as traced: parameters expanded)."""
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        return {sql: [row[3] for row in con.execute("EXPLAIN QUERY PLAN " + sql)]
+                for sql in statements}
+
+
+@contextlib.contextmanager
+def _traced(*cons: sqlite3.Connection | None) -> Iterator[list[str]]:
+    """Every statement the connections run meanwhile (on whichever thread)."""
+    seen: list[str] = []
+    for con in cons:
+        assert con is not None
+        con.set_trace_callback(seen.append)
+    try:
+        yield seen
+    finally:
+        for con in cons:
+            assert con is not None
+            con.set_trace_callback(None)
+
+
+_TABLE_SCAN = re.compile(r"^SCAN (deliveries|events|d|e)\b(?!.*\bINDEX\b)")
+
+
+async def test_the_expiry_sweep_searches_the_age_index_not_every_pending_row(
+    open_outbox: Any, tmp_path: Path,
+) -> None:
+    box = await open_outbox()
+    await box.add([event("old", at=T0 - 8 * DAY, dests=("a", "b")), event("young")])
+    with _traced(box._wcon) as seen:
+        assert [e.message_id for e in await box.expire_due("a", T0, T0 - 7 * DAY)] == ["old"]
+        assert [(e.destination, e.message_id)
+                for e in await box.expire_due(None, T0, T0 - 7 * DAY)] == [("b", "old")]
+    sweeps = [s for s in seen if s.startswith("UPDATE deliveries SET state = 'dead'")]
+    assert len(sweeps) == 2
+    for sql, plan in _query_plans(tmp_path / "outbox.db", sweeps).items():
+        # deliveries_due (destination, ...) would visit every pending row of
+        # the destination to test its age: ~0.6 s at 1,000,000 pending.
+        assert plan == ["SEARCH deliveries USING INDEX deliveries_age (event_time<?)"], sql
+
+
+async def test_no_outbox_statement_reads_the_whole_deliveries_table(
+    open_outbox: Any, tmp_path: Path,
+) -> None:
+    box = await open_outbox()
+    with _traced(box._wcon, box._rcon) as seen:
+        await box.add([event(f"m{i}", dests=("a", "b")) for i in range(4)]
+                      + [event("s", state="skipped"), event("old", at=T0 - 8 * DAY)])
+        a = await box.claim("a", 2, now=T0, lease=60, oldest_event_time=T0 - 7 * DAY)
+        b = await box.claim("b", 4, now=T0, lease=60, oldest_event_time=T0 - 7 * DAY)
+        await box.extend_lease([a[0].id], until=T0 + 90)
+        await box.mark_delivered([a[0].id], now=T0)
+        await box.mark_dead([a[1].id], now=T0, reason="x", error={"code": 100})
+        await box.mark_retry([b[0].id], now=T0, next_attempt_at=T0 + 5, error=None)
+        await box.release([b[1].id], now=T0)
+        await box.expire_due("a", T0, T0 - 7 * DAY)
+        await box.next_due("b", oldest_event_time=T0 - 7 * DAY)
+        await box.stats(now=T0)
+        await box.stats(now=T0, final_states=False)
+        await box.dead_letters(destination=None, limit=10)
+        await box.dead_letters(destination="a", limit=10)
+        await box.event_status("m1")
+        await box.retry_dead(destination="a", message_ids=None, now=T0)
+        await box.mark_dead([a[1].id], now=T0, reason="x")
+        await box.purge_dead(destination=None, message_ids=["m1"])
+        await box.purge(now=T0 + 30 * DAY, delivered_age=DAY, dead_age=DAY)
+    statements = [s for s in seen if "deliveries" in s and not s.startswith("PRAGMA")]
+    plans = _query_plans(tmp_path / "outbox.db", statements)
+    scans = {sql: plan for sql, plan in plans.items() if any(_TABLE_SCAN.match(p) for p in plan)}
+    assert scans == {}
+    used = {p for plan in plans.values() for p in plan}
+    assert "SCAN deliveries USING COVERING INDEX deliveries_final" in used  # stats
+    assert "SCAN deliveries USING INDEX deliveries_due" in used  # stats (index only)
+
+
+async def test_stats_count_every_state_of_several_destinations(open_outbox: Any) -> None:
+    box = await open_outbox()
+    await box.add([event("old", at=T0 - 100, dests=("a", "b"))])
+    await box.add([event("m1", at=T0 - 10, dests=("a", "b", "c")),
+                   event("s1", dests=("a", "c"), state="skipped")])
+    a = {c.message_id: c.id for c in await box.claim("a", 10, now=T0, lease=60,
+                                                     oldest_event_time=0)}
+    await box.mark_delivered([a["old"]], now=T0)
+    b = {c.message_id: c.id for c in await box.claim("b", 10, now=T0, lease=60,
+                                                     oldest_event_time=0)}
+    await box.mark_dead([b["m1"]], now=T0, reason="x")
+    c = {c.message_id: c.id for c in await box.claim("c", 10, now=T0, lease=60,
+                                                     oldest_event_time=0)}
+    await box.mark_delivered([c["m1"]], now=T0)
+
+    def entry(pending: int, delivered: int, skipped: int, dead: int,
+              age: float) -> dict[str, Any]:
+        return {"pending": pending, "delivered": delivered, "skipped": skipped, "dead": dead,
+                "oldest_pending_age_seconds": age}
+
+    assert await box.stats(now=T0) == {
+        "a": entry(1, 1, 1, 0, 10.0),
+        "b": entry(1, 0, 0, 1, 100.0),
+        "c": entry(0, 1, 1, 0, 0.0),
+    }
+    assert await box.stats(now=T0, final_states=False) == {
+        "a": {"pending": 1, "oldest_pending_age_seconds": 10.0},
+        "b": {"pending": 1, "oldest_pending_age_seconds": 100.0},
+    }
+    assert box.pending == 2
+
+
+async def test_retention_purges_the_final_rows_of_every_destination_in_chunks(
+    open_outbox: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sidecar.outbox
+
+    monkeypatch.setattr(sidecar.outbox, "PURGE_CHUNK", 4)
+    box = await open_outbox()
+    await box.add([event(f"m{i}", dests=("a", "b", "c")) for i in range(5)])
+    for dest in ("a", "b", "c"):
+        ids = [c.id for c in await box.claim(dest, 10, now=T0, lease=60, oldest_event_time=0)]
+        if dest == "c":
+            await box.mark_dead(ids, now=T0, reason="x")
+        else:
+            await box.mark_delivered(ids, now=T0)
+    assert await box.purge(now=T0 + DAY + 1, delivered_age=DAY, dead_age=7 * DAY) == 10
+    assert await box.stats(now=T0) == {"c": {"pending": 0, "delivered": 0, "skipped": 0,
+                                             "dead": 5, "oldest_pending_age_seconds": 0.0}}
+    assert await box.purge(now=T0 + 8 * DAY, delivered_age=DAY, dead_age=7 * DAY) == 5
+    assert await box.stats(now=T0) == {}
+    assert await box.event_status("m0") is None
+
+
+def _sync_levels(statements: list[str], start: str) -> list[tuple[str, str]]:
+    """(first statement, synchronous level) of each write transaction in a trace."""
+    level, out, current = start, [], None
+    for sql in statements:
+        if sql.startswith("PRAGMA synchronous="):
+            level = sql.split("=", 1)[1]
+        elif sql == "BEGIN IMMEDIATE":
+            current = level
+        elif current is not None and not sql.startswith(("PRAGMA", "COMMIT", "ROLLBACK")):
+            out.append((sql, current))
+            current = None
+    return out
+
+
+@pytest.mark.parametrize("configured", ["FULL", "NORMAL"])
+async def test_only_the_ingest_commit_and_the_operators_verbs_are_fsynced(
+    open_outbox: Any, monkeypatch: pytest.MonkeyPatch, configured: str,
+) -> None:
+    seen_in_insert: list[int] = []
+    insert_one = Outbox._insert_one
+
+    def spy(con: sqlite3.Connection, ev: NewEvent) -> tuple[bool, int]:
+        seen_in_insert.append(con.execute("PRAGMA synchronous").fetchone()[0])
+        return insert_one(con, ev)
+
+    monkeypatch.setattr(Outbox, "_insert_one", staticmethod(spy))
+    box = await open_outbox(synchronous=configured)
+
+    async def level() -> int:
+        return int(await box._on_writer(
+            lambda: box._wcon.execute("PRAGMA synchronous").fetchone()[0]))
+
+    assert await level() == 1  # NORMAL between writes, whatever is configured
+    with _traced(box._wcon) as seen:
+        await box.add([event("m1"), event("m2")])
+        claimed = await box.claim("a", 10, now=T0, lease=60, oldest_event_time=0)
+        await box.mark_delivered([claimed[0].id], now=T0)
+        await box.mark_dead([claimed[1].id], now=T0, reason="x")
+        await box.expire_due(None, T0, 0)
+        await box.purge(now=T0, delivered_age=DAY, dead_age=DAY)
+        await box.retry_dead(destination=None, message_ids=None, now=T0)
+    assert await level() == 1
+    assert seen_in_insert == [2 if configured == "FULL" else 1] * 2
+    durable = "FULL" if configured == "FULL" else "NORMAL"
+    levels = _sync_levels(seen, "NORMAL")
+    assert len(levels) >= 7
+    for first, sync in levels:
+        # The commit behind 200, and the operator's retry of dead letters.
+        wanted = first.startswith(("INSERT INTO events",
+                                   "UPDATE deliveries SET state = 'pending'"))
+        assert sync == (durable if wanted else "NORMAL"), first
+
+
+async def test_the_writer_keeps_the_wal_bounded_under_a_sustained_drain(
+    open_outbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sidecar.outbox
+
+    bound = 256 * 1024
+    monkeypatch.setattr(sidecar.outbox, "WAL_CHECKPOINT_BYTES", bound)
+    box = await open_outbox()
+    wal = tmp_path / "outbox.db-wal"
+    payload = b'{"event_name":"PageView","pad":"' + b"x" * 1500 + b'"}'
+    largest = written = 0
+    for r in range(60):
+        await box.add([event(f"m{r}-{i}", payload=payload) for i in range(40)])
+        largest = max(largest, wal.stat().st_size)
+        claimed = await box.claim("a", 40, now=T0, lease=60, oldest_event_time=0)
+        largest = max(largest, wal.stat().st_size)
+        await box.mark_delivered([c.id for c in claimed], now=T0)
+        largest = max(largest, wal.stat().st_size)
+        written += 40 * len(payload)
+    assert written > 12 * bound  # without checkpoints the WAL would hold all of it, and more
+    assert box.wal_checkpoints >= 10
+    # Past the line, the WAL grows only by what the writer commits while the
+    # reader thread copies it, and is then emptied.
+    assert largest < 6 * bound
+
+
+async def test_a_reader_in_the_way_of_the_wal_checkpoint_delays_it_without_a_retry_storm(
+    open_outbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sidecar.outbox
+
+    bound = 128 * 1024
+    monkeypatch.setattr(sidecar.outbox, "WAL_CHECKPOINT_BYTES", bound)
+    monkeypatch.setattr(sidecar.outbox, "CHECKPOINT_BUSY_MS", 10)
+    box = await open_outbox()
+    payload = b'{"event_name":"PageView","pad":"' + b"x" * 1500 + b'"}'
+    await box.add([event("first")])
+    wal = tmp_path / "outbox.db-wal"
+    with contextlib.closing(sqlite3.connect(tmp_path / "outbox.db", isolation_level=None)) as cli:
+        cli.execute("BEGIN")
+        cli.execute("SELECT COUNT(*) FROM events").fetchone()  # holds an old snapshot
+        for r in range(30):
+            await box.add([event(f"m{r}-{i}", payload=payload) for i in range(20)])
+        held = box.wal_checkpoints
+        assert 1 <= held <= 8  # attempts spaced ever wider, not one per commit
+        assert wal.stat().st_size > bound
+        cli.execute("COMMIT")
+    for r in range(10):
+        await box.add([event(f"n{r}-{i}", payload=payload) for i in range(20)])
+    assert box.wal_checkpoints > held
+    assert wal.stat().st_size < 2 * bound

@@ -61,7 +61,7 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     if rt.outbox is not None:
-        await refresh_gauges(rt)
+        await refresh_gauges(rt, final_states=False)
     body = generate_latest(rt.telemetry.metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

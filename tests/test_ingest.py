@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import io
@@ -256,3 +257,21 @@ async def test_a_large_batch_arriving_in_many_segments_is_read_whole(sidecar: Si
     assert "rejected" not in doc
     for m in (batch[0], batch[999], batch[-1]):
         assert await sidecar.event(m["messageId"]) is not None
+
+
+async def test_a_body_sent_in_two_pauses_is_read_whole(sidecar: Sidecar) -> None:
+    m = msg()
+    body = orjson.dumps(m)
+    host, port = sidecar.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    head = (f"POST /v1/track HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    writer.write(head + body[: len(body) // 2])
+    await writer.drain()
+    await asyncio.sleep(0.1)
+    writer.write(body[len(body) // 2 :])
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    assert await sidecar.event(m["messageId"]) is not None

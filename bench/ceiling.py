@@ -10,12 +10,11 @@ Run: ``python -m bench.ceiling --port N``.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 
 import uvloop
 from aiohttp import web
 
+from bench.procs import serve_until_signal
 from sidecar.app import RUNNER_OPTIONS
 from sidecar.ingest import INGEST_PATHS
 
@@ -37,14 +36,7 @@ async def serve(port: int) -> None:
         app.router.add_post(path, _accept)
     app.router.add_get("/healthz", _health)
     runner = web.AppRunner(app, shutdown_timeout=1.0, **RUNNER_OPTIONS)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port, backlog=1024).start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await runner.cleanup()
+    await serve_until_signal(runner, port)
 
 
 def main() -> None:

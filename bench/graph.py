@@ -14,8 +14,6 @@ Run: ``python -m bench.graph --port N --token T --pixel P``.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 import time
 from collections.abc import Awaitable, Callable
 
@@ -23,6 +21,7 @@ import orjson
 import uvloop
 from aiohttp import web
 
+from bench.procs import serve_until_signal
 from sidecar.sandbox import SANDBOX_STATE, create_sandbox_app
 
 MAX_TIMELINE = 2_000_000
@@ -58,14 +57,7 @@ def create_app(token: str, pixel: str) -> web.Application:
 
 async def serve(port: int, token: str, pixel: str) -> None:
     runner = web.AppRunner(create_app(token, pixel), access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port, backlog=1024).start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await runner.cleanup()
+    await serve_until_signal(runner, port)
 
 
 def main() -> None:

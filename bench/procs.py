@@ -219,3 +219,19 @@ class MemorySampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(5)
+
+
+async def serve_until_signal(runner: Any, port: int) -> None:
+    """Serve an aiohttp ``AppRunner`` on loopback until SIGTERM or SIGINT."""
+    import asyncio
+
+    from aiohttp import web
+
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port, backlog=1024).start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()

@@ -324,3 +324,25 @@ async def running_sidecar(
         await session.close()
         await runner.cleanup()
         await ops_runner.cleanup()
+
+
+async def hammer(session: aiohttp.ClientSession, url: str, acked: set[str],
+                 refused: list[int] | None = None, *, size: int = 20) -> None:
+    """One client posting batches until the sidecar stops answering.
+
+    The messageIds of every batch answered 200 go to ``acked``; the status
+    of every other answer goes to ``refused`` (and the client backs off a
+    moment, as an SDK would).
+    """
+    while True:
+        messages = batch(size)
+        try:
+            resp = await post_batch(session, url, messages)
+        except (TimeoutError, aiohttp.ClientError):
+            return
+        if resp.status == 200:
+            acked.update(m["messageId"] for m in messages)
+            continue
+        if refused is not None:
+            refused.append(resp.status)
+        await asyncio.sleep(0.01)

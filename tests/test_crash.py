@@ -26,6 +26,7 @@ from tests.invariants import (
     batch,
     delivery_rows,
     eventually,
+    hammer,
     post_batch,
     stored_message_ids,
     wait_until_settled,
@@ -64,18 +65,6 @@ async def test_a_sidecar_killed_mid_delivery_redelivers_with_the_same_event_id_a
     assert {r.attempts for r in delivery_rows(sidecar_process.db_path).values()} == {2}
 
 
-async def _hammer(session: aiohttp.ClientSession, url: str, acked: set[str]) -> None:
-    """One client posting batches until the sidecar stops answering."""
-    while True:
-        messages = batch(20)
-        try:
-            resp = await post_batch(session, url, messages)
-        except (TimeoutError, aiohttp.ClientError):
-            return
-        if resp.status == 200:
-            acked.update(m["messageId"] for m in messages)
-
-
 @pytest.mark.parametrize("kill_after", [150, 600])
 async def test_every_event_acknowledged_before_a_kill_minus_nine_is_stored_and_delivered(
     graph: tuple[str, SandboxState], session: aiohttp.ClientSession,
@@ -84,7 +73,7 @@ async def test_every_event_acknowledged_before_a_kill_minus_nine_is_stored_and_d
     _, state = graph
     await sidecar_process.start_ready(session)
     acked: set[str] = set()
-    clients = [asyncio.create_task(_hammer(session, sidecar_process.url, acked))
+    clients = [asyncio.create_task(hammer(session, sidecar_process.url, acked))
                for _ in range(8)]
     await eventually(lambda: len(acked) >= kill_after, timeout=20, what="acknowledgements")
     sidecar_process.kill()

@@ -17,6 +17,7 @@ from tests.invariants import (
     count_unsettled,
     delivery_rows,
     eventually,
+    hammer,
     post_batch,
     wait_until_settled,
 )
@@ -29,21 +30,6 @@ def make_process(tmp_path: Path, url: str, budget: float) -> SidecarProcess:
         extra_env={"CAPI_DRAIN_BUDGET_SECONDS": str(budget),
                    "CAPI_REQUEST_TIMEOUT_SECONDS": "20"},
     )
-
-
-async def _hammer(session: aiohttp.ClientSession, url: str, acked: set[str],
-                  refused: list[int]) -> None:
-    while True:
-        messages = batch(10)
-        try:
-            resp = await post_batch(session, url, messages)
-        except (TimeoutError, aiohttp.ClientError):
-            return
-        if resp.status == 200:
-            acked.update(m["messageId"] for m in messages)
-        else:
-            refused.append(resp.status)
-            await asyncio.sleep(0.01)
 
 
 async def _readiness_after_sigterm(session: aiohttp.ClientSession, proc: SidecarProcess
@@ -71,7 +57,7 @@ async def test_sigterm_under_load_exits_zero_within_the_drain_budget_and_keeps_t
         await proc.start_ready(session)
         acked: set[str] = set()
         refused: list[int] = []
-        clients = [asyncio.create_task(_hammer(session, proc.url, acked, refused))
+        clients = [asyncio.create_task(hammer(session, proc.url, acked, refused, size=10))
                    for _ in range(6)]
         await eventually(lambda: len(acked) >= 300 and state.requests_total + len(state.faults),
                          what="load")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,21 @@ from sidecar.telemetry import new_tracer_provider
 
 TOKEN = "test-token-a1b2c3"
 PIXEL = "1234567890"
+
+
+def track(event: str = "Order Completed", **kw: Any) -> dict[str, Any]:
+    """A recent track message with an email (raw, messy spacing), IP and user agent."""
+    msg: dict[str, Any] = {
+        "type": "track",
+        "messageId": str(uuid.uuid4()),
+        "userId": "user-1",
+        "event": event,
+        "properties": {"total": 42.5, "currency": "eur", "email": " Jane@Example.com "},
+        "context": {"ip": "203.0.113.9", "userAgent": "Mozilla/5.0 test"},
+        "timestamp": datetime.now(UTC).isoformat(),
+    }
+    msg.update(kw)
+    return msg
 
 
 def free_port() -> int:

@@ -11,7 +11,6 @@ import asyncio
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
@@ -22,24 +21,10 @@ from opentelemetry.trace import INVALID_SPAN, SpanKind, StatusCode
 from sidecar.outbox import Claimed, Expired
 from sidecar.sandbox_faults import Fault
 from sidecar.telemetry import OUTCOME_CHUNK, Telemetry, _span_context, new_tracer_provider
-from tests.conftest import PIXEL, TOKEN, Sidecar
+from tests.conftest import PIXEL, TOKEN, Sidecar, track
 
 APP_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 APP_SPAN = "00f067aa0ba902b7"
-
-
-def track(event: str = "Order Completed", **kw: Any) -> dict[str, Any]:
-    msg: dict[str, Any] = {
-        "type": "track",
-        "messageId": str(uuid.uuid4()),
-        "userId": "user-1",
-        "event": event,
-        "properties": {"total": 42.5, "currency": "eur", "email": "jane@example.com"},
-        "context": {"ip": "203.0.113.9", "userAgent": "Mozilla/5.0 test"},
-        "timestamp": datetime.now(UTC).isoformat(),
-    }
-    msg.update(kw)
-    return msg
 
 
 def app_traceparent(span: str = APP_SPAN, trace: str = APP_TRACE) -> dict[str, str]:

@@ -162,7 +162,7 @@ async def _housekeeping_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _housekeeping(rt: Runtime) -> None:
-    """Off the request path: WAL checkpoints, expiry, retention, gauges."""
+    """Off the request path: WAL checkpoints, retention, gauges."""
     assert rt.outbox is not None
     s = rt.settings
     last_purge = 0.0
@@ -171,8 +171,8 @@ async def _housekeeping(rt: Runtime) -> None:
         try:
             now = rt.clock()
             await rt.outbox.checkpoint()
-            rt.telemetry.expired(
-                await rt.outbox.expire_due(None, now, now - s.max_event_age_seconds))
+            # Expiry is not here: each destination's drain loop sweeps its own
+            # too-old events every second (delivery.Drainer._expire).
             if now - last_purge >= PURGE_EVERY_SECONDS:
                 last_purge = now
                 await rt.outbox.purge(now=now, delivered_age=s.retention_delivered_seconds,

@@ -546,10 +546,6 @@ class Outbox:
         self._checkpoint_backoff = max(WAL_CHECKPOINT_BYTES // 4, 2 * self._checkpoint_backoff)
         self._checkpoint_at = size + self._checkpoint_backoff
 
-    async def expire(self, *, now: float, oldest_event_time: float) -> list[str]:
-        """Dead-letter every destination's too-old deliveries; their destinations."""
-        return [e.destination for e in await self.expire_due(None, now, oldest_event_time)]
-
     async def expire_due(
         self, destination: str | None, now: float, oldest_event_time: float
     ) -> list[Expired]:

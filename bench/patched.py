@@ -40,7 +40,16 @@ def _page_cache(pragmas: tuple[str, ...]) -> Callable[[], None]:
     return patch
 
 
+def _switch_interval(seconds: float) -> Callable[[], None]:
+    def patch() -> None:
+        sys.setswitchinterval(seconds)
+
+    return patch
+
+
 EXPERIMENTS: dict[str, Callable[[], None]] = {
+    "switch-1ms": _switch_interval(0.001),
+    "switch-200us": _switch_interval(0.0002),
     "cache-64m": _page_cache(("cache_size=-65536",)),
     "mmap-256m": _page_cache(("mmap_size=268435456",)),
 }

@@ -76,16 +76,40 @@ class Proc:
     def pid(self) -> int:
         return self.popen.pid
 
+    def family(self) -> list[int]:
+        """This process and its live children (the sidecar's mapping workers)."""
+        pids = [self.pid]
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == self.pid:
+                continue
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = (entry / "stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == self.pid:
+                    pids.append(int(entry.name))
+        return pids
+
     def memory(self) -> dict[str, float]:
-        """VmRSS, VmHWM (peak), RssAnon (heap) and RssFile (mapped files) in MiB."""
+        """VmRSS, VmHWM (peak), RssAnon (heap) and RssFile (mapped files) in MiB.
+
+        Summed over the process and its children; ``children_*`` is their share.
+        """
         keys = {"VmRSS:": "rss_mib", "VmHWM:": "hwm_mib", "RssAnon:": "anon_mib",
                 "RssFile:": "file_mib"}
         out = dict.fromkeys(keys.values(), 0.0)
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                key = keys.get(line.split(maxsplit=1)[0]) if line else None
-                if key:
-                    out[key] = int(line.split()[1]) / 1024
+        out.update(children_rss_mib=0.0, children_hwm_mib=0.0, children=0.0)
+        for pid in self.family():
+            mine = dict.fromkeys(keys.values(), 0.0)
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    key = keys.get(line.split(maxsplit=1)[0]) if line else None
+                    if key:
+                        mine[key] = int(line.split()[1]) / 1024
+            for key, value in mine.items():
+                out[key] += value
+            if pid != self.pid:
+                out["children"] += 1
+                out["children_rss_mib"] += mine["rss_mib"]
+                out["children_hwm_mib"] += mine["hwm_mib"]
         return out
 
     def cpu_seconds(self) -> float:
@@ -93,13 +117,20 @@ class Proc:
         return user + system
 
     def cpu_split(self) -> tuple[float, float]:
-        """User and system CPU seconds, all threads."""
-        try:
-            stat = Path(f"/proc/{self.pid}/stat").read_text()
-        except OSError:
-            return 0.0, 0.0
-        fields = stat.rsplit(")", 1)[1].split()
-        return int(fields[11]) / _CLK_TCK, int(fields[12]) / _CLK_TCK
+        """User and system CPU seconds, all threads, live and exited children included."""
+        user = system = 0.0
+        for pid in self.family():
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            user += int(fields[11]) / _CLK_TCK
+            system += int(fields[12]) / _CLK_TCK
+            if pid == self.pid:  # children it has reaped
+                user += int(fields[13]) / _CLK_TCK
+                system += int(fields[14]) / _CLK_TCK
+        return user, system
 
     def stop(self, timeout: float = 30.0) -> int | None:
         if self.popen.poll() is None:

@@ -29,8 +29,11 @@ from sidecar.config import DestinationSettings, Settings, parse_address
 from sidecar.delivery import Drainer
 from sidecar.errors import OutboxError
 from sidecar.geo import GeoLookup, open_geo
-from sidecar.ingest import Ingest, Limits
+from sidecar.ingest import Ingest
 from sidecar.mapping import Mapper
+from sidecar.mapping_pool import MappingPool
+from sidecar.mapworker import config_frame
+from sidecar.messages import Limits
 from sidecar.outbox import Outbox
 from sidecar.telemetry import Telemetry
 
@@ -142,13 +145,21 @@ async def _delivery_ctx(app: web.Application) -> AsyncIterator[None]:
         mappers = {d.name: Mapper(d, rt.geo) for d in rt.destinations}
         limits = Limits(s.max_message_bytes, s.max_request_bytes, s.max_batch_messages)
         write_key = s.write_key.get_secret_value() if s.write_key else None
+        pool = None
+        if s.mapping_workers:
+            pool = MappingPool(s.mapping_workers,
+                               config_frame(list(rt.destinations), s.geoip_db, limits))
         rt.ingest = Ingest(rt.outbox, mappers, rt.telemetry, limits, write_key=write_key,
-                           on_commit=rt.drainer.notify, clock=rt.clock)
+                           on_commit=rt.drainer.notify, clock=rt.clock, pool=pool)
         rt.drainer.start()
         for d in rt.destinations:
             log.info("delivering to destination %s (pixel %s) at %s", d.name, d.pixel_id,
                      d.graph_url)
-        yield
+        try:
+            yield
+        finally:
+            if pool is not None:
+                await pool.close()
         await rt.drainer.stop(s.drain_budget_seconds)
 
 

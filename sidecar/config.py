@@ -217,6 +217,8 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(default=32 * 1024, ge=1024)
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=4096)
     max_batch_messages: int = Field(default=2000, ge=1)
+    mapping_workers: int = Field(default=1, ge=0, le=16,
+                                 description="processes that map large batch bodies")
 
     # --- outbox ----------------------------------------------------------
     outbox_cap: int = Field(default=1_000_000, ge=1, description="pending deliveries before 503")

@@ -229,6 +229,13 @@ class Drainer:
             self._sends.add(task)
             task.add_done_callback(self._sends.discard)
             task.add_done_callback(lambda _t: slots.release())
+            if len(batch) < self.settings.batch_size and self.settings.linger_ms:
+                # A short batch means the backlog is empty: let the next one
+                # gather for linger_ms instead of claiming a handful of rows
+                # per request, which under steady traffic would send tiny
+                # batches back to back and queue claims and marks on the
+                # writer thread ahead of ingest commits.
+                await self._linger()
 
     async def _claim(self, target: Target) -> list[Claimed]:
         now = self.clock()
@@ -270,6 +277,10 @@ class Drainer:
             await asyncio.sleep(self.settings.linger_ms / 1000)
 
     # ------------------------------------------------------------------ send
+    async def _linger(self) -> None:
+        if not (self._draining or self._stopping):
+            await asyncio.sleep(self.settings.linger_ms / 1000)
+
     async def _send_batch(self, target: Target, batch: list[Claimed]) -> None:
         cancelled = False
         try:

@@ -18,43 +18,28 @@ import base64
 import hmac
 import logging
 import time
-import uuid
 import zlib
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from sidecar.errors import OutboxError, OutboxFull
-from sidecar.mapping import Dead, Mapped, Mapper, Skipped
-from sidecar.outbox import NewDelivery, NewEvent, Outbox
-from sidecar.telemetry import Telemetry, coverage_mask
+from sidecar.mapping import Mapper
+from sidecar.mapping_pool import MappingPool
+from sidecar.messages import SINGLE_TYPES, BadRequest, Limits, Prepared, prepare_body
+from sidecar.outbox import Outbox
+from sidecar.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
-SINGLE_TYPES = ("track", "page", "screen", "identify", "group", "alias")
-MESSAGE_TYPES = frozenset(SINGLE_TYPES)
 INGEST_PATHS = (*(f"/v1/{kind}" for kind in SINGLE_TYPES), "/v1/batch", "/v1/import")
+BATCH_PATHS = frozenset(("/v1/batch", "/v1/import"))
 RETRY_AFTER_SECONDS = "5"
-
-
-class BadRequest(Exception):
-    """The request as a whole is unusable; carries the HTTP status."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    max_message_bytes: int
-    max_request_bytes: int
-    max_batch_messages: int
+# Batch bodies at least this large go to a mapping worker when there is one;
+# below it the round trip costs more than the mapping it would move.
+WORKER_MIN_BYTES = 8 * 1024
 
 
 class Ingest:
@@ -70,6 +55,7 @@ class Ingest:
         write_key: str | None,
         on_commit: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
+        pool: MappingPool | None = None,
     ) -> None:
         self.outbox = outbox
         self.mappers = mappers
@@ -78,6 +64,7 @@ class Ingest:
         self.write_key = write_key
         self.on_commit = on_commit
         self.clock = clock
+        self.pool = pool
         self.accepting = True
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -102,11 +89,17 @@ class Ingest:
         if self.outbox.over_cap:
             return _unavailable("the outbox is full; retry later")
         body = await read_body(request, self.limits.max_request_bytes)
-        messages, context = parse_messages(endpoint, body, self.limits)
         now = self.clock()
         traceparent = self.telemetry.traceparent(span, request.headers)
-        events, rejected = self._prepare(messages, context, now, traceparent)
-        self.telemetry.describe_ingest(span, len(messages), events)
+        prepared = None
+        if self.pool is not None and len(body) >= WORKER_MIN_BYTES and endpoint in BATCH_PATHS:
+            prepared = await self.pool.prepare(endpoint, body, now=now, traceparent=traceparent)
+        if prepared is None:
+            prepared = prepare_body(endpoint, body, self.limits, self.mappers, now=now,
+                                    traceparent=traceparent)
+        self._count(prepared)
+        events, rejected = prepared.events, prepared.rejected
+        self.telemetry.describe_ingest(span, prepared.message_count, events)
         if not events:
             return web.json_response({"success": False, "error": "every message was rejected",
                                       "rejected": rejected}, status=400)
@@ -138,56 +131,16 @@ class Ingest:
         if not hmac.compare_digest(supplied.encode(), self.write_key.encode()):
             raise BadRequest(401, "missing or wrong write key (HTTP Basic, write key as user name)")
 
-    def _prepare(
-        self, messages: Sequence[Any], context: Any, now: float, traceparent: str | None
-    ) -> tuple[list[NewEvent], list[dict[str, Any]]]:
-        events: list[NewEvent] = []
-        rejected: list[dict[str, Any]] = []
-        m = self.telemetry.metrics
-        # One labelled increment per type and request, not per message: a
+    def _count(self, prepared: Prepared) -> None:
+        # One labelled increment per series and request, not per message: a
         # labels() lookup costs about as much as validating a message.
-        received: dict[str, int] = {}
-        for index, raw in enumerate(messages):
-            kind = raw.get("type") if isinstance(raw, dict) else None
-            label = kind if kind in MESSAGE_TYPES else "invalid"
-            received[label] = received.get(label, 0) + 1
-            try:
-                message = validate_message(raw, context, self.limits.max_message_bytes)
-            except ValueError as err:
-                mid = raw.get("messageId") if isinstance(raw, dict) else None
-                rejected.append({"index": index, "messageId": mid if isinstance(mid, str) else None,
-                                 "error": str(err)})
-                m.rejected.labels(_reason_label(str(err))).inc()
-                continue
-            if "messageId" not in message:
-                message["messageId"] = str(uuid.uuid4())
-                m.generated_ids.inc()
-            events.append(self._map(message, now, traceparent))
-        for label, count in received.items():
+        m = self.telemetry.metrics
+        for label, count in prepared.received.items():
             m.received.labels(label).inc(count)
-        return events, rejected
-
-    def _map(self, message: dict[str, Any], now: float, traceparent: str | None) -> NewEvent:
-        deliveries = []
-        event_name: str | None = None
-        event_time: int | None = None
-        for name, mapper in self.mappers.items():
-            outcome = mapper.map(message, received_at=now, now=now)
-            event_name = event_name or outcome.event_name
-            if isinstance(outcome, Mapped):
-                event_time = int(outcome.payload["event_time"])
-                payload = outcome.payload
-                deliveries.append(NewDelivery(name, "pending", orjson.dumps(payload),
-                                              coverage=coverage_mask(payload.get("user_data"))))
-            elif isinstance(outcome, Skipped):
-                deliveries.append(NewDelivery(name, "skipped", reason=outcome.reason))
-            elif isinstance(outcome, Dead):
-                deliveries.append(NewDelivery(name, "dead", reason=outcome.reason))
-        return NewEvent(
-            message_id=message["messageId"], type=message["type"], event_name=event_name,
-            received_at=now, event_time=event_time if event_time is not None else int(now),
-            traceparent=traceparent, deliveries=tuple(deliveries),
-        )
+        for reason, count in prepared.rejected_reasons.items():
+            m.rejected.labels(reason).inc(count)
+        if prepared.generated_ids:
+            m.generated_ids.inc(prepared.generated_ids)
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -198,11 +151,6 @@ def _unavailable(message: str) -> web.Response:
     response = _error(503, message)
     response.headers["Retry-After"] = RETRY_AFTER_SECONDS
     return response
-
-
-def _reason_label(message: str) -> str:
-    # A bounded label set: the first words of the validation message.
-    return message.split(":", 1)[0][:40]
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -244,88 +192,3 @@ async def _read_at_most(request: web.Request, most: int) -> bytes:
         if request.content_length is not None and size >= request.content_length:
             break
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def parse_messages(endpoint: str, body: bytes, limits: Limits) -> tuple[list[Any], Any]:
-    """The messages of a request and its top-level batch context."""
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as err:
-        raise BadRequest(400, f"body is not valid JSON: {err}") from None
-    if not isinstance(doc, dict):
-        raise BadRequest(400, "body must be a JSON object")
-    kind = endpoint.rsplit("/", 1)[-1]
-    if kind in MESSAGE_TYPES:
-        if len(body) > limits.max_message_bytes:
-            raise BadRequest(413, f"message of {len(body)} bytes exceeds "
-                                  f"{limits.max_message_bytes}")
-        doc["type"] = kind
-        return [doc], None
-    batch = doc.get("batch")
-    if not isinstance(batch, list):
-        raise BadRequest(400, 'a batch body must be {"batch": [messages...]}')
-    if not batch:
-        raise BadRequest(400, "batch is empty")
-    if len(batch) > limits.max_batch_messages:
-        raise BadRequest(413, f"batch holds {len(batch)} messages; the limit is "
-                              f"{limits.max_batch_messages}")
-    context = doc.get("context")
-    if context is None:
-        return batch, {}  # a batch's messages are size-checked one by one
-    if not isinstance(context, dict):
-        raise BadRequest(400, "batch context must be an object")
-    return batch, context
-
-
-def validate_message(raw: Any, batch_context: Any, max_bytes: int) -> dict[str, Any]:
-    """Check one message and return it ready for mapping; ValueError says why not."""
-    if not isinstance(raw, dict):
-        raise ValueError("message must be a JSON object")
-    kind = raw.get("type")
-    if kind not in MESSAGE_TYPES:
-        raise ValueError(f"type: must be one of {', '.join(SINGLE_TYPES)}")
-    if batch_context is not None and len(orjson.dumps(raw)) > max_bytes:
-        raise ValueError(f"size: message exceeds {max_bytes} bytes")
-    _check_fields(raw, kind)
-    if batch_context:
-        raw["context"] = merge_context(batch_context, raw.get("context") or {})
-    return raw
-
-
-def _check_fields(raw: Mapping[str, Any], kind: str) -> None:
-    mid = raw.get("messageId")
-    if mid is not None and (not isinstance(mid, str) or not mid.strip() or len(mid) > 200):
-        raise ValueError("messageId: must be a non-empty string of at most 200 characters")
-    if kind == "track":
-        event = raw.get("event")
-        if not isinstance(event, str) or not event.strip():
-            raise ValueError("event: a track call needs a non-empty event name")
-    if kind in ("track", "page", "screen") and not (raw.get("userId") or raw.get("anonymousId")):
-        raise ValueError("userId: a message needs userId or anonymousId")
-    for key in ("properties", "context", "traits"):
-        if raw.get(key) is not None and not isinstance(raw[key], dict):
-            raise ValueError(f"{key}: must be an object")
-    for key in ("timestamp", "originalTimestamp"):
-        if raw.get(key) is not None:
-            _check_timestamp(key, raw[key])
-
-
-def _check_timestamp(key: str, value: Any) -> None:
-    if not isinstance(value, str):
-        raise ValueError(f"{key}: must be an ISO 8601 string")
-    try:
-        datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f"{key}: {value[:40]!r} is not an ISO 8601 time") from None
-
-
-def merge_context(base: Mapping[str, Any], own: Mapping[str, Any]) -> dict[str, Any]:
-    """The batch context under the message's own: the message wins, objects merge."""
-    merged = dict(base)
-    for key, value in own.items():
-        below = merged.get(key)
-        if isinstance(value, dict) and isinstance(below, dict):
-            merged[key] = merge_context(below, value)
-        else:
-            merged[key] = value
-    return merged

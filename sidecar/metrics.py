@@ -11,43 +11,19 @@ call.
 from __future__ import annotations
 
 from collections import Counter as Tally
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from sidecar.messages import COVERAGE_BITS as _COVERAGE_BITS
+from sidecar.messages import COVERAGE_FIELDS as COVERAGE_FIELDS
+from sidecar.messages import coverage_mask as coverage_mask
+
 if TYPE_CHECKING:
     from sidecar.policy import GraphError
 
-COVERAGE_FIELDS = (
-    "em",
-    "ph",
-    "fn",
-    "ln",
-    "external_id",
-    "fbc",
-    "fbp",
-    "client_ip_address",
-    "client_user_agent",
-)
-_COVERAGE_BITS = tuple((name, 1 << i) for i, name in enumerate(COVERAGE_FIELDS))
 OUTCOMES = ("delivered", "retry", "paused", "dead", "skipped")
-
-
-def coverage_mask(user_data: Mapping[str, Any] | None) -> int:
-    """The coverage fields an event carries, as a bitmask stored with its row.
-
-    Computed at ingest from the payload ingest already holds as a dict, so the
-    drainer counts coverage from one integer per event instead of parsing
-    every payload it delivers.
-    """
-    if not user_data:
-        return 0
-    mask = 0
-    for name, bit in _COVERAGE_BITS:
-        if name in user_data:
-            mask |= bit
-    return mask
 
 
 class Metrics:

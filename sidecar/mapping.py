@@ -126,7 +126,7 @@ class Mapper:
             payload["custom_data"] = self._custom_data.build(message)
         if self._action_source == "app":
             payload["app_data"] = app_data.build(message.get("context"))
-        return Mapped(event_name=event_name, payload=payload)
+        return Mapped(event_name, payload)  # positional: keywords cost ~0.1 µs here
 
     # --- event name, filter, common fields --------------------------------
 

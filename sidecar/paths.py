@@ -100,40 +100,55 @@ def resolve(mappings: Mapping[str, str], phone_field: str | None) -> dict[str, S
 
 def _getter(path: Path) -> Getter:
     """A function reading ``path`` from a message (nested objects are dicts,
-    as JSON decoding makes them); specialised by depth because path reads
-    are most of the work of mapping an event."""
+    as JSON decoding makes them); specialised by depth, with the reads
+    inlined, because path reads are most of the work of mapping an event."""
     if len(path) == 1:
-        (a,) = path
-        return lambda message: message.get(a)
+        return _get1(*path)
     if len(path) == 2:
-        a, b = path
-        return lambda message: _get2(message, a, b)
+        return _get2(*path)
     if len(path) == 3:
-        a, b, c = path
-        return lambda message: _get3(message, a, b, c)
-    return lambda message: _dig(message, path)
+        return _get3(*path)
+    return _dig(path)
 
 
-def _get2(message: Mapping[str, Any], a: str, b: str) -> Any:
-    value = message.get(a)
-    return value.get(b) if isinstance(value, dict) else None
+def _get1(a: str) -> Getter:
+    def get(message: Mapping[str, Any]) -> Any:
+        return message.get(a)
+
+    return get
 
 
-def _get3(message: Mapping[str, Any], a: str, b: str, c: str) -> Any:
-    value = message.get(a)
-    if not isinstance(value, dict):
-        return None
-    value = value.get(b)
-    return value.get(c) if isinstance(value, dict) else None
+def _get2(a: str, b: str) -> Getter:
+    def get(message: Mapping[str, Any]) -> Any:
+        value = message.get(a)
+        return value.get(b) if isinstance(value, dict) else None
+
+    return get
 
 
-def _dig(message: Mapping[str, Any], path: Path) -> Any:
-    value: Any = message
-    for key in path:
-        if not isinstance(value, Mapping):
+def _get3(a: str, b: str, c: str) -> Getter:
+    def get(message: Mapping[str, Any]) -> Any:
+        value = message.get(a)
+        if not isinstance(value, dict):
             return None
-        value = value.get(key)
-    return value
+        value = value.get(b)
+        return value.get(c) if isinstance(value, dict) else None
+
+    return get
+
+
+def _dig(path: Path) -> Getter:
+    def get(message: Mapping[str, Any]) -> Any:
+        value: Any = message
+        for key in path:
+            # ``type(...) is dict`` first: the ABC check is slow, and JSON
+            # decoding only ever makes dicts.
+            if type(value) is not dict and not isinstance(value, Mapping):
+                return None
+            value = value.get(key)
+        return value
+
+    return get
 
 
 def first(message: Mapping[str, Any], alts: Sources) -> Any:
@@ -149,7 +164,7 @@ def text(value: Any) -> str | None:
     """A usable scalar as trimmed text; ``None`` for blanks, bools, containers."""
     if isinstance(value, str):
         return value.strip() or None
-    if isinstance(value, bool):
+    if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int):
         return str(value)
@@ -161,7 +176,10 @@ def text(value: Any) -> str | None:
 def first_text(message: Mapping[str, Any], alts: Sources) -> str | None:
     """The first of ``alts`` that holds usable text, as :func:`text` makes it."""
     for get in alts:
-        found = text(get(message))
+        value = get(message)
+        if value is None:  # absent: the usual miss
+            continue
+        found = (value.strip() or None) if type(value) is str else text(value)
         if found is not None:
             return found
     return None

@@ -51,11 +51,7 @@ class UserDataBuilder:
 
     def build(self, message: Mapping[str, Any]) -> dict[str, Any]:
         """The ``user_data`` of ``message``; parameters without a value are left out."""
-        data: dict[str, Any] = {}
-        for key, alts, normaliser in self._hashed:
-            value = _first_hashed(message, alts, normaliser)
-            if value is not None:
-                data[key] = value
+        data = self._hashed_fields(message)
         ip = _ip(first_text(message, self._ip))
         if self._geo is not None and ip is not None:
             _add_geo(data, self._geo, ip)
@@ -70,12 +66,47 @@ class UserDataBuilder:
                 data[key] = found
         return data
 
+    def _hashed_fields(self, message: Mapping[str, Any]) -> dict[str, Any]:
+        """em, ph, fn, ln, ct, st, zp and country: of each, the first source
+        with a usable value, normalised and hashed."""
+        data: dict[str, Any] = {}
+        for key, alts, normaliser in self._hashed:
+            # normalize.hashed() inlined, and no call per field: this loop
+            # is the bulk of the work of mapping an event.
+            for get, word in alts:
+                raw = get(message)
+                if raw is None:  # absent: the usual miss
+                    continue
+                found = raw.strip() if type(raw) is str else text(raw)
+                if found and word is not None:
+                    found = _word(found, word)
+                if not found:
+                    continue
+                if len(found) == 64 and normalize.is_sha256_hex(found):
+                    data[key] = found.lower()
+                    break
+                normalised = normaliser(found)
+                if normalised:
+                    data[key] = sha256(normalised.encode()).hexdigest()
+                    break
+        return data
+
     def _external_id(self, message: Mapping[str, Any]) -> list[str]:
         ids: list[str] = []
         for get in self._external_ids:
-            found = text(get(message))
-            value = normalize.hashed(found, normalize.external_id) if found else None
-            if value is not None and value not in ids:
+            raw = get(message)
+            if raw is None:
+                continue
+            found = raw.strip() if type(raw) is str else text(raw)
+            if not found:
+                continue
+            # normalize.hashed(found, normalize.external_id), inlined: the
+            # id is hashed as given, or passed through if it already is a hash.
+            if len(found) == 64 and normalize.is_sha256_hex(found):
+                value = found.lower()
+            else:
+                value = sha256(found.encode()).hexdigest()
+            if value not in ids:
                 ids.append(value)
         return ids
 
@@ -125,25 +156,6 @@ def _hash_specs(
 
 
 # --- hot path ----------------------------------------------------------------
-
-
-def _first_hashed(
-    message: Mapping[str, Any], alts: tuple[_Alt, ...], normaliser: normalize.Normaliser
-) -> str | None:
-    # normalize.hashed() inlined: this loop runs for every hashed field.
-    for get, word in alts:
-        raw = get(message)
-        found = raw.strip() if type(raw) is str else text(raw)
-        if found and word is not None:
-            found = _word(found, word)
-        if not found:
-            continue
-        if len(found) == 64 and normalize.is_sha256_hex(found):
-            return found.lower()
-        normalised = normaliser(found)
-        if normalised:
-            return sha256(normalised.encode()).hexdigest()
-    return None
 
 
 def _word(value: str, index: int) -> str | None:

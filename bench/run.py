@@ -197,7 +197,10 @@ def _load_phases(bench: Bench, memory: dict[str, float]) -> None:
         if "d" in c.phases:
             _report_progress("d: end to end", started)
             phases.end_to_end(bench)
-    memory["peak_mib"] = bench.sidecar.memory()["hwm_mib"]
+    at_end = bench.sidecar.memory()
+    memory["peak_mib"] = at_end["hwm_mib"]  # the server's peak plus each worker's
+    memory["peak_workers_mib"] = at_end["children_hwm_mib"]
+    memory["workers"] = at_end["children"]
     memory["peak_sampled_rss_mib"] = sampler.max_rss_mib
     bench.sidecar.stop()
     bench.sidecar = None

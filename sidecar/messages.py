@@ -7,7 +7,7 @@ destination, and the counts ingest reports as metrics. Nothing here touches
 HTTP, SQLite, telemetry or the clock, so the same code runs in the server
 process (:mod:`sidecar.ingest`) and in a mapping worker process
 (:mod:`sidecar.mapworker`), which imports only this module, the mapping
-stage and :mod:`sidecar.outbox`'s row types.
+stage and the row types of :mod:`sidecar.rows`.
 
 The user_data coverage bitmask (which customer-information fields an event
 carries) is computed here too, from the payload already in hand, and stored
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from sidecar.mapping import Dead, Mapped, Skipped
-from sidecar.outbox import NewDelivery, NewEvent
+from sidecar.rows import NewDelivery, NewEvent
 
 if TYPE_CHECKING:
     from sidecar.mapping import Mapper

@@ -55,10 +55,14 @@ from sidecar import database, outbox_queries
 from sidecar.database import FINAL_STATES as FINAL_STATES
 from sidecar.database import State as State
 from sidecar.errors import OutboxError, OutboxFull, OutboxWriteError
+from sidecar.rows import Claimed as Claimed
+from sidecar.rows import NewDelivery as NewDelivery
+from sidecar.rows import NewEvent as NewEvent
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+MISSING_PAYLOAD_REASON = "outbox: the stored payload is missing; the event cannot be sent"
 EXPIRED_REASON = "expired: older than Meta's 7-day limit before it could be delivered"
 # Readiness wants room for at least this much more data before it says yes.
 MIN_FREE_BYTES = 1024 * 1024
@@ -69,49 +73,6 @@ WAL_CHECKPOINT_BYTES = 32 * 1024 * 1024
 # How long that checkpoint waits for a reader still on an old snapshot
 # before it settles for a partial one (the writer thread is stalled meanwhile).
 CHECKPOINT_BUSY_MS = 100
-
-
-# NewDelivery, NewEvent and Claimed are made several times per event, so they
-# are plain slotted dataclasses: constructing a frozen one costs ~4x as much
-# (0.83 against 0.19 µs, its __init__ goes through object.__setattr__).
-# They are immutable by convention: nothing assigns to their fields once built.
-
-
-@dataclass(slots=True)
-class NewDelivery:
-    """One destination's share of an accepted message (not to be modified once built)."""
-
-    destination: str
-    state: State
-    payload: bytes | None = None
-    reason: str | None = None
-    coverage: int = 0  # user_data fields present (telemetry.coverage_mask)
-
-
-@dataclass(slots=True)
-class NewEvent:
-    """An accepted message, mapped and ready to store (not to be modified once built)."""
-
-    message_id: str
-    type: str
-    event_name: str | None
-    received_at: float
-    event_time: int
-    traceparent: str | None
-    deliveries: tuple[NewDelivery, ...]
-
-
-@dataclass(slots=True)
-class Claimed:
-    """A delivery row leased to the drainer (not to be modified once built)."""
-
-    id: int
-    message_id: str
-    payload: bytes
-    attempts: int
-    traceparent: str | None
-    event_name: str | None
-    coverage: int = 0  # user_data fields present (telemetry.coverage_mask)
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,9 +279,9 @@ class Outbox:
         Set-wise rather than row by row: one query finds the message ids
         already stored, the new events get ids counted up from the largest
         one (the write lock is held, so nobody else can take them), and each
-        table gets one ``executemany``. That is about a third less CPU per
-        event than an ``INSERT … RETURNING id`` per event, and the loop over
-        rows runs in C. A message id repeated within the group counts once,
+        table (events, deliveries, payloads) gets one ``executemany``. That is
+        about a third less CPU per event than an ``INSERT … RETURNING id`` per
+        event, and the loop over rows runs in C. A message id repeated within the group counts once,
         the first time, like a retried request would.
         """
         ids = orjson.dumps([ev.message_id for events in groups for ev in events]).decode()
@@ -329,8 +290,10 @@ class Outbox:
             (ids,),
         )}
         next_id = con.execute("SELECT coalesce(max(id), 0) + 1 FROM events").fetchone()[0]
+        next_did = con.execute("SELECT coalesce(max(id), 0) + 1 FROM deliveries").fetchone()[0]
         event_rows: list[tuple[Any, ...]] = []
         delivery_rows: list[tuple[Any, ...]] = []
+        payload_rows: list[tuple[int, bytes]] = []
         added_pending = 0
         out: list[list[bool]] = []
         for events in groups:
@@ -344,10 +307,13 @@ class Outbox:
                 event_rows.append((next_id, ev.message_id, ev.type, ev.event_name,
                                    ev.received_at, ev.event_time, ev.traceparent))
                 for d in ev.deliveries:
-                    delivery_rows.append((next_id, d.destination, d.state, d.payload,
+                    delivery_rows.append((next_did, next_id, d.destination, d.state,
                                           ev.event_time, ev.received_at, d.reason,
                                           ev.received_at, d.coverage))
+                    if d.payload is not None:
+                        payload_rows.append((next_did, d.payload))
                     added_pending += d.state == "pending"
+                    next_did += 1
                 next_id += 1
             out.append(flags)
         con.executemany(
@@ -357,10 +323,11 @@ class Outbox:
             event_rows,
         )
         con.executemany(
-            "INSERT INTO deliveries (event_id, destination, state, payload, event_time, "
+            "INSERT INTO deliveries (id, event_id, destination, state, event_time, "
             "next_attempt_at, reason, updated_at, coverage) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             delivery_rows,
         )
+        con.executemany("INSERT INTO payloads (delivery_id, body) VALUES (?, ?)", payload_rows)
         return out, added_pending
 
     # --------------------------------------------------------------- drainer
@@ -385,10 +352,11 @@ class Outbox:
                 " SELECT id FROM deliveries WHERE destination = ? AND state = 'pending'"
                 " AND next_attempt_at <= ? AND event_time >= ?"
                 " ORDER BY next_attempt_at, id LIMIT ?) "
-                "RETURNING id, event_id, payload, attempts, coverage",
+                "RETURNING id, event_id, attempts, coverage",
                 (now + lease, now, destination, now, oldest, limit),
             ).fetchall()
             meta: dict[int, tuple[str, str | None, str | None]] = {}
+            bodies: dict[int, bytes] = {}
             if rows:
                 ids = orjson.dumps([r[1] for r in rows]).decode()
                 for eid, mid, tp, name in con.execute(
@@ -397,16 +365,26 @@ class Outbox:
                     (ids,),
                 ):
                     meta[eid] = (mid, tp, name)
+                bodies = dict(con.execute(
+                    "SELECT delivery_id, body FROM payloads "
+                    "WHERE delivery_id IN (SELECT value FROM json_each(?))",
+                    (orjson.dumps([r[0] for r in rows]).decode(),),
+                ).fetchall())
+            lost = 0
+            if len(bodies) < len(rows):
+                kept = _without_payload_dead(con, rows, bodies, now)
+                lost, rows = len(rows) - len(kept), kept
             con.execute("COMMIT")
         except BaseException as err:
             _rollback(con)
             if isinstance(err, sqlite3.Error):
                 raise OutboxWriteError(f"claim failed: {err}") from err
             raise
+        self.pending -= lost
         self._after_commit()
         rows.sort(key=lambda r: r[0])
         return [
-            Claimed(r[0], meta[r[1]][0], r[2], r[3], meta[r[1]][1], meta[r[1]][2], r[4])
+            Claimed(r[0], meta[r[1]][0], bodies[r[0]], r[2], meta[r[1]][1], meta[r[1]][2], r[3])
             for r in rows
         ]
 
@@ -426,17 +404,23 @@ class Outbox:
         if not ids:
             return
         err = orjson.dumps(error).decode() if error else None
-        drop_payload = state == "delivered"
+        idj = orjson.dumps(ids).decode()
 
         def run(con: sqlite3.Connection) -> int:
-            cur = con.execute(
+            changed = con.execute(
                 "UPDATE deliveries SET state = ?, leased = 0, reason = ?, "
-                "last_error = coalesce(?, last_error), updated_at = ?, "
-                "payload = CASE WHEN ? THEN NULL ELSE payload END "
+                "last_error = coalesce(?, last_error), updated_at = ? "
                 "WHERE id IN (SELECT value FROM json_each(?)) AND state = 'pending'",
-                (state, reason, err, now, drop_payload, orjson.dumps(ids).decode()),
-            )
-            return cur.rowcount
+                (state, reason, err, now, idj),
+            ).rowcount
+            if state == "delivered":
+                # Delivered rows keep no payload; a dead one keeps it for a retry.
+                con.execute(
+                    "DELETE FROM payloads WHERE delivery_id IN (SELECT d.id FROM deliveries d "
+                    "WHERE d.id IN (SELECT value FROM json_each(?)) AND d.state = 'delivered')",
+                    (idj,),
+                )
+            return changed
 
         changed = await self._transaction(run)
         self.pending -= changed
@@ -652,7 +636,7 @@ class Outbox:
         def run(con: sqlite3.Connection) -> int:
             sql = ("UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, "
                    "reason = NULL, updated_at = ? WHERE state != 'pending' AND state = 'dead' "
-                   "AND payload IS NOT NULL")
+                   "AND EXISTS (SELECT 1 FROM payloads p WHERE p.delivery_id = deliveries.id)")
             args: list[Any] = [now, now]
             sql, args = _narrow(sql, args, destination, message_ids)
             return int(con.execute(sql, args).rowcount)
@@ -855,6 +839,21 @@ def _purge_chunk(kind: str, cutoff: float, con: sqlite3.Connection) -> int:
                 _PURGE_SQL[state], (destination, cutoff, left)).fetchall()]
     _drop_orphan_events(con, deleted)
     return len(deleted)
+
+
+def _without_payload_dead(
+    con: sqlite3.Connection, rows: list[Any], bodies: dict[int, bytes], now: float
+) -> list[Any]:
+    """Claimed rows that have a payload; any without one (which ingest never
+    writes) is made a dead letter here rather than claimed over and over."""
+    missing = [r[0] for r in rows if r[0] not in bodies]
+    log.error("%d pending deliveries have no payload; they are dead letters", len(missing))
+    con.execute(
+        "UPDATE deliveries SET state = 'dead', leased = 0, reason = ?, updated_at = ? "
+        "WHERE id IN (SELECT value FROM json_each(?))",
+        (MISSING_PAYLOAD_REASON, now, orjson.dumps(missing).decode()),
+    )
+    return [r for r in rows if r[0] in bodies]
 
 
 def _drop_orphan_events(con: sqlite3.Connection, event_ids: Sequence[int]) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from sidecar import database
 from sidecar.errors import OutboxCorrupt, OutboxFull, OutboxWriteError
 from sidecar.outbox import EXPIRED_REASON, NewDelivery, NewEvent, Outbox
 
@@ -169,14 +170,36 @@ async def test_delivered_rows_drop_their_payload_and_leave_the_pending_count(
     open_outbox: Any, tmp_path: Path,
 ) -> None:
     box = await open_outbox()
-    await box.add([event("m1"), event("m2")])
+    await box.add([event("m1"), event("m2"), event("m3")])
     claimed = await box.claim("a", 10, now=T0, lease=60, oldest_event_time=0)
+    assert [c.payload for c in claimed] == [b'{"event_name":"PageView"}'] * 3
+    await box.mark_dead([claimed[2].id], now=T0, reason="x")
     await box.mark_delivered([c.id for c in claimed], now=T0)
     await box.mark_delivered([c.id for c in claimed], now=T0)  # twice: no effect
     assert box.pending == 0
     with sqlite3.connect(tmp_path / "outbox.db") as con:
+        # Only the dead letter keeps its payload (for a retry); the column
+        # the payloads lived in before migration 0004 stays empty.
+        assert con.execute("SELECT delivery_id FROM payloads").fetchall() == [(claimed[2].id,)]
         assert con.execute("SELECT COUNT(*) FROM deliveries WHERE payload IS NOT NULL"
                            ).fetchone()[0] == 0
+
+
+async def test_a_pending_row_without_its_payload_becomes_a_dead_letter_not_a_loop(
+    open_outbox: Any, tmp_path: Path,
+) -> None:
+    box = await open_outbox()
+    await box.add([event("m1"), event("m2")])
+    with sqlite3.connect(tmp_path / "outbox.db") as con:
+        con.execute("DELETE FROM payloads WHERE delivery_id = "
+                    "(SELECT min(delivery_id) FROM payloads)")
+    claimed = await box.claim("a", 10, now=T0, lease=60, oldest_event_time=0)
+    assert [c.message_id for c in claimed] == ["m2"]
+    assert box.pending == 1
+    status = await box.event_status("m1")
+    assert status is not None
+    assert status["destinations"]["a"]["state"] == "dead"
+    assert "payload is missing" in status["destinations"]["a"]["reason"]
 
 
 async def test_a_final_state_is_never_left_again_by_a_late_mark(open_outbox: Any) -> None:
@@ -611,3 +634,38 @@ async def test_a_reader_in_the_way_of_the_wal_checkpoint_delays_it_without_a_ret
         await box.add([event(f"n{r}-{i}", payload=payload) for i in range(20)])
     assert box.wal_checkpoints > held
     assert wal.stat().st_size < 2 * bound
+
+
+async def test_an_outbox_from_before_migration_4_moves_its_payloads_and_drains_them(
+    open_outbox: Any, tmp_path: Path,
+) -> None:
+    # Build the file as the previous release left it: migrations 1-3 only,
+    # a pending row and a dead letter with their payloads in deliveries.
+    path = tmp_path / "outbox.db"
+    database.create_file(path)
+    con = sqlite3.connect(path, isolation_level=None)
+    for version, _name, sql in database.migrations():
+        if version <= 3:
+            con.executescript(sql)
+    con.execute("CREATE TABLE schema_migrations "
+                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)")
+    con.executemany("INSERT INTO schema_migrations VALUES (?, ?, 0)",
+                    [(v, n) for v, n, _ in database.migrations() if v <= 3])
+    con.executemany("INSERT INTO events (id, message_id, type, received_at, event_time) "
+                    "VALUES (?, ?, 'track', ?, ?)", [(1, "old-1", T0, int(T0)),
+                                                     (2, "old-2", T0, int(T0))])
+    con.executemany("INSERT INTO deliveries (event_id, destination, state, payload, event_time, "
+                    "next_attempt_at, updated_at) VALUES (?, 'a', ?, ?, ?, ?, ?)",
+                    [(1, "pending", b'{"n":1}', int(T0), T0, T0),
+                     (2, "dead", b'{"n":2}', int(T0), T0, T0)])
+    con.close()
+
+    box = await open_outbox()
+    (claimed,) = await box.claim("a", 10, now=T0, lease=60, oldest_event_time=0)
+    assert (claimed.message_id, claimed.payload) == ("old-1", b'{"n":1}')
+    assert await box.retry_dead(destination=None, message_ids=None, now=T0) == 1
+    again = await box.claim("a", 10, now=T0, lease=60, oldest_event_time=0)
+    assert [(c.message_id, c.payload) for c in again] == [("old-2", b'{"n":2}')]
+    with sqlite3.connect(path) as check:
+        assert check.execute("SELECT COUNT(*) FROM deliveries WHERE payload IS NOT NULL"
+                             ).fetchone()[0] == 0

@@ -87,6 +87,53 @@ async def test_every_event_acknowledged_before_a_kill_minus_nine_is_stored_and_d
     assert acked <= settled.delivered["default"]
 
 
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:  # a zombie has exited; only its parent's wait is missing
+        return (Path(f"/proc/{pid}") / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+async def test_a_kill_while_a_worker_maps_batches_loses_nothing_and_leaves_no_worker_behind(
+    graph: tuple[str, SandboxState], session: aiohttp.ClientSession,
+    sidecar_process: SidecarProcess,
+) -> None:
+    _, state = graph
+    await sidecar_process.start_ready(session)
+    assert sidecar_process.proc is not None
+    acked: set[str] = set()
+    # 60-message batches are over 8 KiB: the mapping worker maps them.
+    clients = [asyncio.create_task(hammer(session, sidecar_process.url, acked, size=60))
+               for _ in range(4)]
+    await eventually(lambda: len(acked) >= 1200, timeout=30, what="acknowledgements")
+    workers = _children(sidecar_process.proc.pid)
+    assert workers, "no mapping worker was running"
+    sidecar_process.kill()
+    await asyncio.wait_for(asyncio.gather(*clients), 10)
+    # The worker reads end of input on its pipe and exits on its own.
+    await eventually(lambda: all(_gone(w) for w in workers), timeout=10, what="worker exit")
+    missing = acked - stored_message_ids(sidecar_process.db_path)
+    assert not missing, f"{len(missing)} acknowledged events lost by the kill"
+
+    await sidecar_process.start_ready(session)
+    await wait_until_settled(sidecar_process.db_path, timeout=30)
+    settled = assert_no_loss(sidecar_process.db_path, acked, {"default": state})
+    assert acked <= settled.delivered["default"]
+
+
 def _run_serve(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "sidecar.cli", "serve"], env=env,
                           capture_output=True, text=True, timeout=30, check=False)

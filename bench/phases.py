@@ -50,6 +50,7 @@ class Config:
     prefill_workers: int = 2
     profile: bool = False
     experiment: str | None = None  # bench.patched experiment for the sidecar
+    sidecar_settings: dict[str, str] = field(default_factory=dict)  # --set: CAPI_* overrides
     settle_timeout: float = 120.0
     quiet_seconds: float = 1.0  # no new delivery for this long = delivered everything
     idle_settle: float = 2.0  # seconds after start-up before the idle memory reading
@@ -116,7 +117,8 @@ class Bench:
 
     def start_sidecar(self, db_name: str, name: str = "sidecar") -> Proc:
         return procs.start_sidecar(self.workdir, self.workdir / db_name, self.graph_url,
-                                   name=name, experiment=self.config.experiment)
+                                   name=name, experiment=self.config.experiment,
+                                   **self.config.sidecar_settings)
 
 
 # ----------------------------------------------------------------- profiling

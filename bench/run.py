@@ -50,6 +50,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
     p.add_argument("--experiment", metavar="NAME[,NAME]",
                    help="run the sidecar with candidate changes patched in (bench.patched: "
                         f"{', '.join(EXPERIMENTS)})")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a sidecar setting for every sidecar the bench starts, e.g. "
+                        "mapping_workers=0 (repeatable)")
     p.add_argument("--out", type=Path, default=RESULTS_DIR / "latest.json")
     p.add_argument("--workdir", type=Path, help="where databases and logs go (default: a temp dir)")
     p.add_argument("--no-install", action="store_true",
@@ -72,6 +75,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, argparse.Namespac
     c.loader = args.loader
     c.profile = args.profile
     c.experiment = args.experiment
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            p.error(f"--set: expected KEY=VALUE, got {item!r}")
+        c.sidecar_settings[key.strip().lower()] = value
     c.phases = frozenset(args.only.lower())
     return c, args
 

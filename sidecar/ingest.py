@@ -1,10 +1,11 @@
 """Ingest: the Segment-compatible HTTP API that accepts events.
 
 Owns the request path up to the durable commit: write-key auth, body limits
-(gzip included, with the decompressed size capped), JSON parsing,
-per-message validation, the top-level batch ``context`` merge, mapping each
-message for every destination, and the answer. ``200`` is sent only after
-the outbox has committed every accepted message.
+(gzip included, with the decompressed size capped), choosing where the body
+is parsed, checked and mapped (:mod:`sidecar.messages`, in this process or,
+for a large batch, in a mapping worker of :mod:`sidecar.mapping_pool`), the
+ingest metrics, and the answer. ``200`` is sent only after the outbox has
+committed every accepted message.
 
 Status codes: 200 stored (with ``rejected`` listing refused messages), 400
 bad request, unsupported encoding, or every message refused, 401 bad write

@@ -4,6 +4,7 @@ nothing changes for the client or Meta when they are, or when one dies."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
 import time
@@ -162,3 +163,26 @@ async def test_the_pool_answers_like_ingest_and_leaves_no_process_behind(
     await pool.close()
     assert proc.returncode is not None
     assert await pool.prepare("/v1/batch", body, now=time.time(), traceparent=None) is None
+
+
+async def test_a_worker_fills_location_from_the_configured_geoip_database(
+    sandbox: Sandbox, make_sidecar: Any, tmp_path: Path
+) -> None:
+    from tests.test_geo import city_record, write_db
+
+    db = write_db(tmp_path / "city.mmdb", {"203.0.113.0/24": city_record("Seattle", "WA", "US")},
+                  "GeoLite2-City")
+    sidecar = await make_sidecar(sandbox, mapping_workers=1, geoip_db=db)
+    pool = await started(sidecar)
+    body = big_batch()
+    for msg in body["batch"]:
+        msg["context"].pop("page")
+    body.pop("context")  # no country in the event: only the IP can place it
+    offloaded = pool.offloaded
+    assert (await sidecar.post("/v1/batch", body)).status == 200
+    assert pool.offloaded == offloaded + 1
+    ids = [m["messageId"] for m in body["batch"]]
+    events = await delivered(sidecar, sandbox, ids)
+    user_data = events[ids[0]]["user_data"]
+    assert user_data["ct"] == hashlib.sha256(b"seattle").hexdigest()
+    assert user_data["country"] == hashlib.sha256(b"us").hexdigest()

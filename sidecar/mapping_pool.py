@@ -163,6 +163,7 @@ class MappingPool:
                       worker.proc.pid, REPLY_TIMEOUT_SECONDS)
             worker.alive = False
             worker.proc.kill()
+            future.cancel()  # nobody waits for it any more
             self.fallbacks += 1
             return None
         except (WorkerGone, ConnectionError, RuntimeError):

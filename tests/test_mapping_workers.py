@@ -186,3 +186,21 @@ async def test_a_worker_fills_location_from_the_configured_geoip_database(
     user_data = events[ids[0]]["user_data"]
     assert user_data["ct"] == hashlib.sha256(b"seattle").hexdigest()
     assert user_data["country"] == hashlib.sha256(b"us").hexdigest()
+
+
+async def test_a_stuck_worker_is_killed_and_its_body_mapped_in_process(
+    sandbox: Sandbox, make_sidecar: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sidecar.mapping_pool
+
+    monkeypatch.setattr(sidecar.mapping_pool, "REPLY_TIMEOUT_SECONDS", 0.5)
+    sidecar = await make_sidecar(sandbox, mapping_workers=1)
+    pool = await started(sidecar)
+    (worker,) = pool._workers
+    os.kill(worker.proc.pid, signal.SIGSTOP)  # alive, but never answers
+    body = big_batch()
+    ids = [m["messageId"] for m in body["batch"]]
+    assert (await sidecar.post("/v1/batch", body)).status == 200
+    assert pool.fallbacks == 1
+    await delivered(sidecar, sandbox, ids)
+    assert await worker.proc.wait() == -signal.SIGKILL

@@ -95,6 +95,9 @@ class Ingest:
         prepared = None
         if self.pool is not None and len(body) >= WORKER_MIN_BYTES and endpoint in BATCH_PATHS:
             prepared = await self.pool.prepare(endpoint, body, now=now, traceparent=traceparent)
+            # "server": no worker free, not started yet, or one failed.
+            self.telemetry.metrics.batch_bodies.labels(
+                "worker" if prepared is not None else "server").inc()
         if prepared is None:
             prepared = prepare_body(endpoint, body, self.limits, self.mappers, now=now,
                                     traceparent=traceparent)

@@ -50,6 +50,12 @@ class Metrics:
         self.generated_ids = Counter(
             "capi_message_ids_generated", "Messages that arrived without a messageId", registry=r
         )
+        self.batch_bodies = Counter(
+            "capi_ingest_batch_bodies",
+            "Batch bodies large enough for a mapping worker, by where they were mapped",
+            ["mapped_by"],
+            registry=r,
+        )
         self.requests_refused = Counter(
             "capi_ingest_refused",
             "Ingest requests answered 4xx/5xx as a whole",

@@ -96,6 +96,7 @@ async def test_refusals_generated_ids_and_metrics_are_the_same_through_a_worker(
         (1, body["batch"][1]["messageId"]), (40, None)]
     assert answer["rejected"][0]["error"].startswith("userId:")
     metrics = await (await sidecar.session.get(sidecar.ops_url + "/metrics")).text()
+    assert 'capi_ingest_batch_bodies_total{mapped_by="worker"} 1.0' in metrics
     assert 'capi_messages_received_total{type="invalid"} 1.0' in metrics
     assert 'capi_messages_rejected_total{reason="userId"} 1.0' in metrics
     assert "capi_message_ids_generated_total 1.0" in metrics
@@ -204,3 +205,7 @@ async def test_a_stuck_worker_is_killed_and_its_body_mapped_in_process(
     assert pool.fallbacks == 1
     await delivered(sidecar, sandbox, ids)
     assert await worker.proc.wait() == -signal.SIGKILL
+    metrics = await (await sidecar.session.get(sidecar.ops_url + "/metrics")).text()
+    # The first body (the worker was starting) and the stuck one.
+    assert 'capi_ingest_batch_bodies_total{mapped_by="server"} 2.0' in metrics
+    assert 'capi_ingest_batch_bodies_total{mapped_by="worker"}' not in metrics

@@ -527,8 +527,9 @@ class Outbox:
         housekeeping's passive checkpoint) is in the way, the frames copied so
         far stay copied, and the next attempt waits until the WAL has grown
         by a quarter of ``WAL_CHECKPOINT_BYTES``, twice that after a second
-        failure, and so on: a reader that holds a snapshot for long costs a
-        few short stalls, not one per commit.
+        failure, and so on up to ``WAL_CHECKPOINT_BYTES``: a reader that holds
+        a snapshot for long costs a few short stalls, not one per commit, and
+        the WAL still cannot grow without bound behind it.
         """
         self._checkpoint_queued = False
         con = self._wcon
@@ -552,7 +553,10 @@ class Outbox:
             size = os.stat(self._wal_path).st_size
         except OSError:
             size = 0
-        self._checkpoint_backoff = max(WAL_CHECKPOINT_BYTES // 4, 2 * self._checkpoint_backoff)
+        # Ever wider apart, up to one attempt per WAL_CHECKPOINT_BYTES of growth:
+        # a reader that stays in the way must not let the WAL grow unchecked.
+        self._checkpoint_backoff = min(
+            WAL_CHECKPOINT_BYTES, max(WAL_CHECKPOINT_BYTES // 4, 2 * self._checkpoint_backoff))
         self._checkpoint_at = size + self._checkpoint_backoff
 
     async def expire_due(

@@ -7,6 +7,9 @@ is used by the product.
 
 - ``cache-64m`` / ``mmap-256m``: each connection with a 64 MiB page cache
   (SQLite's default is 2 MiB) / 256 MiB of memory-mapped I/O.
+- ``switch-1ms`` / ``switch-200us``: the server's GIL switch interval
+  (``sys.setswitchinterval``; Python's default is 5 ms). Measured: no change
+  (docs/performance.md).
 
 Earlier experiments (ingest-only fsync, index-only stats, a bounded WAL,
 the expiry sweep on the age index) measured well and are now in the

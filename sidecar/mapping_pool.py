@@ -179,7 +179,8 @@ class MappingPool:
         return None
 
     def _pick(self) -> _Worker | None:
-        alive = [w for w in self._workers if w.alive and not w.proc.stdin.is_closing()]  # type: ignore[union-attr]
+        alive = [w for w in self._workers
+                 if w.alive and w.proc.stdin is not None and not w.proc.stdin.is_closing()]
         if len(alive) < self.size:
             self._maybe_start()
         if not alive:

@@ -29,6 +29,7 @@ import logging
 import marshal
 import struct
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
@@ -124,8 +125,11 @@ def serve(inp: IO[bytes], out: IO[bytes]) -> int:
         except BadRequest as err:
             reply = (1, err.status, err.message)
         except Exception as err:  # the server maps this body itself
-            log.exception("mapping worker failed on a request")
-            reply = (2, f"{type(err).__name__}: {err}")
+            # The exception's type and where it was raised, not its message:
+            # a message can quote a value of the event, personal data included.
+            where = "".join(traceback.format_tb(err.__traceback__))
+            log.error("mapping worker failed on a request (%s):\n%s", type(err).__name__, where)
+            reply = (2, type(err).__name__)
         write_frame(out, marshal.dumps(reply))
 
 

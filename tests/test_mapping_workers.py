@@ -209,3 +209,35 @@ async def test_a_stuck_worker_is_killed_and_its_body_mapped_in_process(
     # The first body (the worker was starting) and the stuck one.
     assert 'capi_ingest_batch_bodies_total{mapped_by="server"} 2.0' in metrics
     assert 'capi_ingest_batch_bodies_total{mapped_by="worker"}' not in metrics
+
+
+def test_a_worker_that_fails_on_a_body_says_where_but_never_quotes_the_event(
+    tmp_path: Path, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import io
+    import marshal
+
+    from sidecar import mapworker
+
+    class Exploding:
+        def __init__(self, *_args: Any) -> None:
+            pass
+
+        def map(self, message: Any, **_kw: Any) -> Any:
+            raise ValueError(f"cannot map {message['properties']['email']}")
+
+    def frame(data: bytes) -> bytes:
+        return mapworker.HEADER.pack(len(data)) + data
+
+    monkeypatch.setattr(mapworker, "Mapper", Exploding)
+    dests = list(sidecar_settings(tmp_path, sandbox).resolved_destinations(None))
+    body = orjson.dumps(big_batch(1, small=True))
+    inp = io.BytesIO(frame(config_frame(dests, None, LIMITS))
+                     + frame(marshal.dumps(("/v1/batch", body, time.time(), None))))
+    out = io.BytesIO()
+    assert mapworker.serve(inp, out) == 0  # end of input ends the worker
+    out.seek(0)
+    assert marshal.loads(mapworker.read_frame(out) or b"") == (2, "ValueError")
+    assert "ValueError" in caplog.text and "raise ValueError" in caplog.text
+    assert "Shopper" not in caplog.text

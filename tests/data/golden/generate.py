@@ -94,6 +94,11 @@ def mapped(event_name: str, body: dict[str, Any]) -> dict[str, Any]:
     return {"outcome": "mapped", "event_name": event_name, "payload": body}
 
 
+def signup(message: dict[str, Any], user_data: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    """The expected outcome of a ``Signup`` track call with no products or value."""
+    return mapped("Signup", payload("Signup", message, user_data, dict(NO_PRODUCTS), **kw))
+
+
 CASES: list[dict[str, Any]] = []
 
 
@@ -267,7 +272,7 @@ case(
     "time_from_original_timestamp",
     "without timestamp, originalTimestamp gives event_time",
     m,
-    mapped("Signup", payload("Signup", m, {}, dict(NO_PRODUCTS), event_time=1772366280)),
+    signup(m, {}, event_time=1772366280),
 )
 
 m = msg("track", "Signup", timestamp="2026-03-01T13:30:00+01:30", originalTimestamp=TS)
@@ -275,7 +280,7 @@ case(
     "time_with_offset",
     "timestamp wins over originalTimestamp; UTC offsets are honoured",
     m,
-    mapped("Signup", payload("Signup", m, {}, dict(NO_PRODUCTS), event_time=RECEIVED)),
+    signup(m, {}, event_time=RECEIVED),
 )
 
 m = msg("track", "Signup")
@@ -284,7 +289,7 @@ case(
     "time_from_receive_time",
     "without timestamps, the receive time (floored to seconds) is used",
     m,
-    mapped("Signup", payload("Signup", m, {}, dict(NO_PRODUCTS), event_time=RECEIVED - 60)),
+    signup(m, {}, event_time=RECEIVED - 60),
     received_at=RECEIVED - 59.7,
 )
 
@@ -293,7 +298,7 @@ case(
     "time_in_future_clamped",
     "a timestamp in the future is clamped to now",
     m,
-    mapped("Signup", payload("Signup", m, {}, dict(NO_PRODUCTS), event_time=NOW)),
+    signup(m, {}, event_time=NOW),
 )
 
 m = msg("screen", context={"device": {"type": "ios"}})
@@ -350,7 +355,7 @@ case(
     "properties.email wins over context.traits.email; trimmed and lower-cased; "
     "removed from custom_data",
     m,
-    mapped("Signup", payload("Signup", m, {"em": H("jane.doe+shop@example.com")}, NO_PRODUCTS)),
+    signup(m, {"em": H("jane.doe+shop@example.com")}),
 )
 
 m = msg("track", "Signup", context={"traits": {"email": "John_Smith@gmail.com"}})
@@ -358,7 +363,7 @@ case(
     "email_from_traits",
     "context.traits.email when properties has none (Appendix A vector)",
     m,
-    mapped("Signup", payload("Signup", m, {"em": APPENDIX_A["john_smith@gmail.com"]}, NO_PRODUCTS)),
+    signup(m, {"em": APPENDIX_A["john_smith@gmail.com"]}),
 )
 
 prehashed = H("pre@hashed.example").upper()
@@ -367,7 +372,7 @@ case(
     "email_prehashed",
     "a value that already is 64 hex characters passes through, lower-cased",
     m,
-    mapped("Signup", payload("Signup", m, {"em": prehashed.lower()}, NO_PRODUCTS)),
+    signup(m, {"em": prehashed.lower()}),
 )
 
 m = msg("track", "Signup", properties={"email": "", "first_name": "   "})
@@ -375,7 +380,7 @@ case(
     "blank_values_absent",
     "blank sources give absent fields, never hashes of empty strings",
     m,
-    mapped("Signup", payload("Signup", m, {}, NO_PRODUCTS)),
+    signup(m, {}),
 )
 
 PHONE_CASES = [
@@ -425,10 +430,7 @@ case(
     "name_three_words",
     "traits.name 'Mary Ann Smith': fn = first word, ln = second word (SPEC 3.2)",
     m,
-    mapped(
-        "Signup",
-        payload("Signup", m, {"fn": APPENDIX_A["mary"], "ln": H("ann")}, NO_PRODUCTS),
-    ),
+    signup(m, {"fn": APPENDIX_A["mary"], "ln": H("ann")}),
 )
 
 m = msg("track", "Signup", context={"traits": {"name": "Cher", "lastName": "Sarkisian"}})
@@ -436,7 +438,7 @@ case(
     "name_single_word",
     "a one-word traits.name gives fn only; ln falls back to traits.lastName",
     m,
-    mapped("Signup", payload("Signup", m, {"fn": H("cher"), "ln": H("sarkisian")}, NO_PRODUCTS)),
+    signup(m, {"fn": H("cher"), "ln": H("sarkisian")}),
 )
 
 m = msg("track", "Signup", context={"traits": {"first_name": "Zoë", "last_name": "Ó Súilleabháin"}})
@@ -444,10 +446,7 @@ case(
     "name_traits_snake_case_accented",
     "traits.first_name/last_name; accents kept (NFC), spaces and punctuation removed",
     m,
-    mapped(
-        "Signup",
-        payload("Signup", m, {"fn": H("zoë"), "ln": H("ósúilleabháin")}, NO_PRODUCTS),
-    ),
+    signup(m, {"fn": H("zoë"), "ln": H("ósúilleabháin")}),
 )
 
 m = msg(
@@ -461,15 +460,7 @@ case(
     "properties names win over traits; decomposed accent composed to NFC (Appendix A vector); "
     "apostrophe and spaces removed",
     m,
-    mapped(
-        "Signup",
-        payload(
-            "Signup",
-            m,
-            {"fn": APPENDIX_A["valéry"], "ln": H("giscarddestaing")},
-            NO_PRODUCTS,
-        ),
-    ),
+    signup(m, {"fn": APPENDIX_A["valéry"], "ln": H("giscarddestaing")}),
 )
 
 m = msg("track", "Signup", context={"traits": {"firstName": "정", "lastName": "김"}})
@@ -477,7 +468,7 @@ case(
     "name_korean",
     "non-Latin names are kept as UTF-8 (Appendix A vector)",
     m,
-    mapped("Signup", payload("Signup", m, {"fn": APPENDIX_A["정"], "ln": H("김")}, NO_PRODUCTS)),
+    signup(m, {"fn": APPENDIX_A["정"], "ln": H("김")}),
 )
 
 m = msg("track", "Signup", properties={"first_name": "J.-P.", "last_name": "O'Brien-Smith"})
@@ -485,7 +476,7 @@ case(
     "name_punctuation",
     "punctuation (dots, hyphens, apostrophes) removed from names",
     m,
-    mapped("Signup", payload("Signup", m, {"fn": H("jp"), "ln": H("obriensmith")}, NO_PRODUCTS)),
+    signup(m, {"fn": H("jp"), "ln": H("obriensmith")}),
 )
 
 # --- addresses --------------------------------------------------------------
@@ -502,20 +493,8 @@ case(
     "address_us_zip_plus_4",
     "ZIP+4 keeps 5 digits; shipping wins over traits; state and country names become codes",
     m,
-    mapped(
-        "Signup",
-        payload(
-            "Signup",
-            m,
-            {
-                "ct": H("sanfrancisco"),
-                "st": H("ca"),
-                "zp": H("94107"),
-                "country": APPENDIX_A["us"],
-            },
-            NO_PRODUCTS,
-        ),
-    ),
+    signup(m, {"ct": H("sanfrancisco"), "st": H("ca"), "zp": H("94107"),
+               "country": APPENDIX_A["us"]}),
 )
 
 m = msg(
@@ -536,15 +515,7 @@ case(
     "address_uk_postcode",
     "UK postcode lower-cased without spaces; postalCode key accepted; 'UK' → gb",
     m,
-    mapped(
-        "Signup",
-        payload(
-            "Signup",
-            m,
-            {"ct": H("london"), "st": H("england"), "zp": H("sw1a1aa"), "country": H("gb")},
-            NO_PRODUCTS,
-        ),
-    ),
+    signup(m, {"ct": H("london"), "st": H("england"), "zp": H("sw1a1aa"), "country": H("gb")}),
 )
 
 m = msg(
@@ -565,20 +536,8 @@ case(
     "address_irish_eircode",
     "Irish Eircode; postal_code key accepted; accented city kept, spaces and dots removed",
     m,
-    mapped(
-        "Signup",
-        payload(
-            "Signup",
-            m,
-            {
-                "ct": H("dúnlaoghaire"),
-                "st": H("codublin"),
-                "zp": H("d02x285"),
-                "country": H("ie"),
-            },
-            NO_PRODUCTS,
-        ),
-    ),
+    signup(m, {"ct": H("dúnlaoghaire"), "st": H("codublin"), "zp": H("d02x285"),
+               "country": H("ie")}),
 )
 
 m = msg(
@@ -591,15 +550,7 @@ case(
     "address_japan",
     "non-US postcode: dash removed; digits removed from city; numeric state code kept",
     m,
-    mapped(
-        "Signup",
-        payload(
-            "Signup",
-            m,
-            {"ct": H("chiyoda"), "st": H("13"), "zp": H("1000001"), "country": H("jp")},
-            NO_PRODUCTS,
-        ),
-    ),
+    signup(m, {"ct": H("chiyoda"), "st": H("13"), "zp": H("1000001"), "country": H("jp")}),
 )
 
 m = msg(
@@ -611,20 +562,8 @@ case(
     "geo_fills_only_missing",
     "geo lookup fills st and country; the event's own city wins over geo",
     m,
-    mapped(
-        "Signup",
-        payload(
-            "Signup",
-            m,
-            {
-                "ct": H("portland"),
-                "st": H("wa"),
-                "country": APPENDIX_A["us"],
-                "client_ip_address": "203.0.113.77",
-            },
-            NO_PRODUCTS,
-        ),
-    ),
+    signup(m, {"ct": H("portland"), "st": H("wa"), "country": APPENDIX_A["us"],
+               "client_ip_address": "203.0.113.77"}),
     geo={"203.0.113.77": {"city": "Seattle", "region": "WA", "country": "US"}},
 )
 
@@ -635,9 +574,7 @@ case(
     "external_id_both",
     "external_id: [userId, anonymousId], trimmed, no case change; numeric userId as text",
     m,
-    mapped(
-        "Signup", payload("Signup", m, {"external_id": [H("12345"), H("anon-XYZ")]}, NO_PRODUCTS)
-    ),
+    signup(m, {"external_id": [H("12345"), H("anon-XYZ")]}),
 )
 
 m = msg("page", anonymousId="anon-1", context={"clientIds": {"fbc": FBC, "fbp": FBP}})

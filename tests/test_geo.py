@@ -66,6 +66,14 @@ def dest() -> DestinationSettings:
     return DestinationSettings(pixel_id="1", access_token=SecretStr("t"))
 
 
+def user_data_of(geo: MaxMindGeo, message: dict[str, Any]) -> dict[str, Any]:
+    """The user_data the default destination's mapper makes of ``message`` with ``geo``."""
+    outcome = Mapper(dest(), geo=geo).map(message, received_at=NOW, now=NOW)
+    assert isinstance(outcome, Mapped)
+    user_data: dict[str, Any] = outcome.payload["user_data"]
+    return user_data
+
+
 def test_ipv4_address_is_placed(geo: MaxMindGeo) -> None:
     assert geo.lookup("203.0.113.9") == GeoResult(city="Seattle", region="WA", country="US")
 
@@ -94,9 +102,7 @@ def test_repeated_lookups_are_cached(geo: MaxMindGeo) -> None:
 
 def test_geo_fills_location_for_an_event_without_one(geo: MaxMindGeo) -> None:
     message = {"type": "page", "messageId": "m", "context": {"ip": "2001:db8:1::42"}}
-    outcome = Mapper(dest(), geo=geo).map(message, received_at=NOW, now=NOW)
-    assert isinstance(outcome, Mapped)
-    assert outcome.payload["user_data"] == {
+    assert user_data_of(geo, message) == {
         "ct": sha256_hex("dublin"),
         "st": sha256_hex("l"),
         "country": sha256_hex("ie"),
@@ -112,9 +118,7 @@ def test_event_data_wins_over_geo(geo: MaxMindGeo) -> None:
         "properties": {"shipping": {"city": "Tacoma", "state": "Oregon"}},
         "context": {"ip": "203.0.113.9", "traits": {"address": {"country": "Canada"}}},
     }
-    outcome = Mapper(dest(), geo=geo).map(message, received_at=NOW, now=NOW)
-    assert isinstance(outcome, Mapped)
-    user_data = outcome.payload["user_data"]
+    user_data = user_data_of(geo, message)
     assert user_data["ct"] == sha256_hex("tacoma")
     assert user_data["st"] == sha256_hex("or")
     assert user_data["country"] == sha256_hex("ca")
@@ -126,9 +130,7 @@ def test_geo_fills_each_missing_field_on_its_own(geo: MaxMindGeo) -> None:
         "messageId": "m",
         "context": {"ip": "203.0.113.9", "traits": {"address": {"city": "Bellevue"}}},
     }
-    outcome = Mapper(dest(), geo=geo).map(message, received_at=NOW, now=NOW)
-    assert isinstance(outcome, Mapped)
-    user_data = outcome.payload["user_data"]
+    user_data = user_data_of(geo, message)
     assert user_data["ct"] == sha256_hex("bellevue")
     assert user_data["st"] == sha256_hex("wa")
     assert user_data["country"] == sha256_hex("us")
